@@ -1,0 +1,136 @@
+"""The `Flow` base class and sequential composition.
+
+A flow is an invertible map :math:`f` from data :math:`x` to latent :math:`z`.
+Every flow in `flowlib` follows one convention:
+
+* ``forward(x) -> (z, log_det)`` with ``log_det = log |det df/dx|`` (shape ``(B,)``),
+* ``inverse(z) -> (x, log_det)`` with ``log_det = log |det df^{-1}/dz|``,
+
+so that, at matching points, ``inverse``'s log_det is minus ``forward``'s.
+Composition adds log-determinants (the chain rule):
+
+.. math:: \\log |\\det J_{f_K \\circ \\dots \\circ f_1}(x)| = \\sum_k \\log |\\det J_{f_k}(h_{k-1})|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from abc import ABCMeta, abstractmethod
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Flow", "Sequential", "check_shape", "value_checks", "value_checks_enabled"]
+
+_VALUE_CHECKS = True
+
+
+def value_checks_enabled() -> bool:
+    """Whether layers check input *values* (ranges); shape checks always run."""
+    return _VALUE_CHECKS
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn value checks (which read tensor values, a host sync on GPU) on or off.
+
+    Training loops validate the first batch and then run without them.
+
+    >>> with value_checks(False):
+    ...     value_checks_enabled()
+    False
+    """
+    global _VALUE_CHECKS
+    previous, _VALUE_CHECKS = _VALUE_CHECKS, enabled
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS = previous
+
+
+def check_shape(x: Tensor, event_shape: Sequence[int | None], name: str) -> None:
+    """Raise a `ValueError` unless ``x`` has shape ``(B, *event_shape)``.
+
+    ``None`` in ``event_shape`` matches any size.
+
+    >>> check_shape(torch.zeros(2, 3), (4,), "Layer")
+    Traceback (most recent call last):
+    ...
+    ValueError: Layer expects input of shape (B, 4), got (2, 3)
+    """
+    expected = tuple(event_shape)
+    ok = x.dim() == len(expected) + 1 and all(
+        e is None or e == s for e, s in zip(expected, x.shape[1:])
+    )
+    if not ok:
+        want = ", ".join(["B"] + ["*" if e is None else str(e) for e in expected])
+        raise ValueError(f"{name} expects input of shape ({want}), got {tuple(x.shape)}")
+
+
+class Flow(nn.Module, metaclass=ABCMeta):
+    """Base class: an invertible map with a tractable log-determinant.
+
+    Subclasses implement :meth:`forward` (data to latent) and :meth:`inverse`
+    (latent to data); both return ``(output, log_det)`` with ``log_det`` of
+    shape ``(B,)``.
+    """
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to latent: ``(z, log |det dz/dx|)``."""
+
+    @abstractmethod
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent to data: ``(x, log |det dx/dz|)``."""
+
+
+class Sequential(Flow):
+    """Composition :math:`f = f_K \\circ \\dots \\circ f_1`; log-dets add up.
+
+    >>> from flowlib.scaling import DiagonalScaling
+    >>> f = Sequential(DiagonalScaling(3), DiagonalScaling(3))
+    >>> z, log_det = f(torch.randn(5, 3))
+    >>> z.shape, log_det.shape
+    (torch.Size([5, 3]), torch.Size([5]))
+    """
+
+    def __init__(self, *flows: Flow) -> None:
+        super().__init__()
+        if len(flows) == 1 and isinstance(flows[0], (list, tuple)):
+            flows = tuple(flows[0])
+        for f in flows:
+            if not isinstance(f, Flow):
+                raise TypeError(f"Sequential takes Flow layers, got {type(f).__name__}")
+        self.flows = nn.ModuleList(flows)
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def __getitem__(self, i: int) -> Flow:
+        return self.flows[i]
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flows)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for f in self.flows:
+            x, log_det = f(x)
+            total = total + log_det
+        return x, total
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for f in reversed(self.flows):
+            z, log_det = f.inverse(z)
+            total = total + log_det
+        return z, total
+
+    def trajectory(self, x: Tensor) -> list[Tensor]:
+        """The input followed by the output of every layer (for pictures)."""
+        out = [x]
+        for f in self.flows:
+            x, _ = f(x)
+            out.append(x)
+        return out

@@ -1,0 +1,93 @@
+"""Binary masks that split the input of a coupling layer.
+
+A mask :math:`b` has the shape of one example; ``True`` marks the
+*conditioning* part :math:`x_1` (passed through unchanged, fed to the net) and
+``False`` the part :math:`x_2` that is transformed. The RealNVP paper writes a
+coupling as :math:`y = b \\odot x + (1-b) \\odot (\\dots)`.
+
+* `alternating_mask` (NICE): odd/even coordinates of a vector;
+* `half_mask`: first half / second half of a vector;
+* `checkerboard_mask`: pixels where :math:`(i + j)` is even, on ``(C, H, W)``;
+* `channel_mask`: first half / second half of the channels, on ``(C, H, W)``.
+
+``parity`` flips which part conditions, so alternating parities in a stack
+lets every coordinate be transformed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["alternating_mask", "half_mask", "checkerboard_mask", "channel_mask", "is_channelwise"]
+
+
+def _check_parity(parity: int) -> None:
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+
+
+def alternating_mask(dim: int, parity: int = 0) -> Tensor:
+    """Even coordinates condition (``parity=0``) or odd ones do (``parity=1``).
+
+    >>> alternating_mask(5)
+    tensor([ True, False,  True, False,  True])
+    """
+    _check_parity(parity)
+    if dim < 2:
+        raise ValueError(f"a coupling needs at least 2 dimensions, got dim={dim}")
+    return (torch.arange(dim) % 2) == parity
+
+
+def half_mask(dim: int, parity: int = 0) -> Tensor:
+    """First ``dim // 2`` coordinates condition (``parity=0``), or the rest do.
+
+    >>> half_mask(4, parity=1)
+    tensor([False, False,  True,  True])
+    """
+    _check_parity(parity)
+    if dim < 2:
+        raise ValueError(f"a coupling needs at least 2 dimensions, got dim={dim}")
+    first = torch.arange(dim) < dim // 2
+    return first if parity == 0 else ~first
+
+
+def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
+    """Checkerboard over pixels, the same in every channel: shape ``(C, H, W)``.
+
+    >>> checkerboard_mask(1, 2, 3)[0]
+    tensor([[ True, False,  True],
+            [False,  True, False]])
+    """
+    _check_parity(parity)
+    if min(channels, height, width) < 1 or height * width < 2:
+        raise ValueError(f"checkerboard needs at least 2 pixels, got {(channels, height, width)}")
+    ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
+    board = (ij % 2) == parity
+    return board.expand(channels, height, width).clone()
+
+
+def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
+    """First half of the channels condition (``parity=0``), or the second half do.
+
+    >>> channel_mask(4, 1, 1, parity=0).flatten()
+    tensor([ True,  True, False, False])
+    """
+    _check_parity(parity)
+    if channels < 2:
+        raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
+    first = torch.arange(channels) < channels // 2
+    first = first if parity == 0 else ~first
+    return first[:, None, None].expand(channels, height, width).clone()
+
+
+def is_channelwise(mask: Tensor) -> bool:
+    """True when the mask splits along dim 0 only (vectors, or whole channels).
+
+    Such a split can be done by indexing, so the net sees only the
+    conditioning part; other masks (checkerboard) are applied by multiplication.
+    """
+    if mask.dim() == 1:
+        return True
+    flat = mask.flatten(1)
+    return bool((flat == flat[:, :1]).all())

@@ -1,0 +1,86 @@
+"""Conditioner networks for coupling layers.
+
+A coupling layer's functions (NICE's :math:`m`, RealNVP's :math:`s, t`) can be
+any network; they need not be invertible. Two are provided:
+
+* `MLP` for vectors: ``in -> hidden (x num_hidden_layers, ReLU) -> out``;
+* `ResidualConvNet` for images: a 3x3 conv in, residual blocks, a 3x3 conv out,
+  as in RealNVP's s and t networks.
+
+The last layer starts at zero so that every coupling starts as the identity,
+which keeps deep flows stable at initialisation.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["MLP", "ResidualConvNet"]
+
+
+class MLP(nn.Sequential):
+    """A ReLU multilayer perceptron with a zero-initialised output layer.
+
+    >>> import torch
+    >>> MLP(3, 4, hidden=8, num_hidden_layers=2)(torch.randn(5, 3)).shape
+    torch.Size([5, 4])
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int = 256,
+        num_hidden_layers: int = 2, zero_init: bool = True,
+    ) -> None:
+        if num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be at least 1, got {num_hidden_layers}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(num_hidden_layers):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        out = nn.Linear(width, out_features)
+        if zero_init:
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        super().__init__(*layers, out)
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(bn(conv(relu(bn(x))))))`` (pre-activation residual block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResidualConvNet(nn.Module):
+    """Residual convolutional network ``(B, C_in, H, W) -> (B, C_out, H, W)``.
+
+    >>> import torch
+    >>> ResidualConvNet(2, 4, hidden_channels=8, num_blocks=1)(torch.randn(3, 2, 6, 6)).shape
+    torch.Size([3, 4, 6, 6])
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int = 64,
+        num_blocks: int = 4, zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden_channels) for _ in range(num_blocks)])
+        self.out_norm = nn.BatchNorm2d(hidden_channels)
+        self.out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(self.inp(x))
+        return self.out(nn.functional.relu(self.out_norm(h)))

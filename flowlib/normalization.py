@@ -1,0 +1,119 @@
+"""Normalisation layers as flows: batch normalisation and ActNorm.
+
+Both are per-feature (per-channel on images) affine maps
+:math:`z = (x - \\mu) / \\sigma \\cdot e^{\\gamma} + \\beta`, so for an input of
+``H x W`` pixels
+
+.. math:: \\log|\\det J| = H W \\sum_c \\big(\\gamma_c - \\log \\sigma_c\\big).
+
+* `BatchNormFlow` (RealNVP section 3.7): :math:`\\mu, \\sigma^2` are the batch's
+  statistics in training (treated as constants in the log-det, as in the
+  paper) and running averages in eval mode; ``inverse`` uses the running
+  averages.
+* `ActNorm` (Glow section 3.1): :math:`\\mu, \\sigma` are learned parameters,
+  initialised from the first batch so that its output has zero mean and unit
+  variance per channel (data-dependent initialisation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .flow import Flow
+
+__all__ = ["BatchNormFlow", "ActNorm"]
+
+
+def _reduce_dims(x: Tensor, num_features: int, name: str) -> tuple[list[int], int]:
+    if x.dim() not in (2, 4) or x.shape[1] != num_features:
+        raise ValueError(
+            f"{name} expects input of shape (B, {num_features}) or (B, {num_features}, H, W), "
+            f"got {tuple(x.shape)}"
+        )
+    if x.dim() == 2:
+        return [0], 1
+    return [0, 2, 3], x.shape[2] * x.shape[3]
+
+
+def _per_feature(v: Tensor, x: Tensor) -> Tensor:
+    return v.view(1, -1, 1, 1) if x.dim() == 4 else v.view(1, -1)
+
+
+class BatchNormFlow(Flow):
+    """Batch normalisation with its log-determinant counted.
+
+    >>> bn = BatchNormFlow(2).eval()
+    >>> z, log_det = bn(torch.ones(3, 2))
+    >>> torch.allclose(bn.inverse(z)[0], torch.ones(3, 2), atol=1e-6)
+    True
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.05, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.num_features, self.momentum, self.eps = num_features, momentum, eps
+        self.log_gamma = nn.Parameter(torch.zeros(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        dims, pixels = _reduce_dims(x, self.num_features, "BatchNormFlow")
+        if self.training:
+            mean = x.mean(dims)
+            var = x.var(dims, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_std = 0.5 * torch.log(var + self.eps)
+        z = (x - _per_feature(mean, x)) * _per_feature(torch.exp(self.log_gamma - log_std), x)
+        z = z + _per_feature(self.beta, x)
+        log_det = (pixels * (self.log_gamma - log_std).sum()).expand(x.shape[0])
+        return z, log_det
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _, pixels = _reduce_dims(z, self.num_features, "BatchNormFlow")
+        log_std = 0.5 * torch.log(self.running_var + self.eps)
+        x = (z - _per_feature(self.beta, z)) * _per_feature(torch.exp(log_std - self.log_gamma), z)
+        x = x + _per_feature(self.running_mean, z)
+        log_det = (pixels * (log_std - self.log_gamma).sum()).expand(z.shape[0])
+        return x, log_det
+
+
+class ActNorm(Flow):
+    """:math:`z = (x + b) \\odot e^{\\log s}` per channel, data-initialised.
+
+    >>> an = ActNorm(2)
+    >>> z, _ = an(torch.randn(64, 2) * 3 + 1)   # first call initialises
+    >>> bool(z.mean(0).abs().max() < 1e-5), bool((z.std(0, unbiased=False) - 1).abs().max() < 1e-3)
+    (True, True)
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.log_scale = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``b = -mean``, ``s = 1 / std`` from a batch (done on the first forward)."""
+        dims, _ = _reduce_dims(x, self.num_features, "ActNorm")
+        self.bias.copy_(-x.mean(dims))
+        self.log_scale.copy_(-torch.log(x.std(dims, unbiased=False) + 1e-6))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _, pixels = _reduce_dims(x, self.num_features, "ActNorm")
+        if self.training and not self.initialized:
+            self.initialize(x)
+        z = (x + _per_feature(self.bias, x)) * _per_feature(torch.exp(self.log_scale), x)
+        return z, (pixels * self.log_scale.sum()).expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _, pixels = _reduce_dims(z, self.num_features, "ActNorm")
+        x = z * _per_feature(torch.exp(-self.log_scale), z) - _per_feature(self.bias, z)
+        return x, (-pixels * self.log_scale.sum()).expand(z.shape[0])

@@ -1,0 +1,110 @@
+"""Preprocessing as flows: dequantization and the logit transform.
+
+Images are discrete (256 levels); a density on them must be honest about it.
+
+* `Dequantize` (uniform dequantization, Theis et al. 2016): for
+  :math:`x \\in \\{0, \\dots, 255\\}^D`, :math:`y = (x + u) / 256` with
+  :math:`u \\sim U[0, 1)^D`, so :math:`y \\in [0, 1)^D` and
+  :math:`\\log|\\det J| = -D \\log 256`. Then
+  :math:`\\log P(x) \\ge \\mathbb E_u[\\log p(y)] - D \\log 256`: a model's
+  ``log_prob`` including this layer lower-bounds the discrete log-likelihood.
+* `Logit` (RealNVP section 4.1): :math:`p = \\alpha + (1 - 2\\alpha) y`,
+  :math:`z = \\log p - \\log(1 - p)`, so
+  :math:`\\log|\\det J| = \\sum_d \\big(\\log(1 - 2\\alpha) - \\log p_d - \\log(1 - p_d)\\big)`.
+  The :math:`\\alpha` keeps the logit away from :math:`\\pm\\infty` at 0 and 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .flow import Flow, value_checks_enabled
+
+__all__ = ["Dequantize", "Logit"]
+
+
+class Dequantize(Flow):
+    """Uniform dequantization of ``num_levels``-level data to ``[0, 1)``.
+
+    ``forward`` takes integer-valued data (uint8 or float) in
+    ``[0, num_levels - 1]``; ``inverse`` rounds back down to the levels.
+
+    >>> y, log_det = Dequantize()(torch.tensor([[0, 255]], dtype=torch.uint8))
+    >>> bool(((y >= 0) & (y < 1)).all()), round(log_det.item(), 4)
+    (True, -11.0904)
+    """
+
+    def __init__(self, num_levels: int = 256) -> None:
+        super().__init__()
+        if num_levels < 2:
+            raise ValueError(f"num_levels must be at least 2, got {num_levels}")
+        self.num_levels = num_levels
+
+    def _log_det(self, x: Tensor) -> Tensor:
+        dims = x[0].numel()
+        return x.new_full((x.shape[0],), -dims * math.log(self.num_levels), dtype=_float(x).dtype)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if value_checks_enabled():
+            top = self.num_levels - 1
+            if x.numel() and (x.min() < 0 or x.max() > top):
+                raise ValueError(
+                    f"Dequantize expects {math.log2(self.num_levels):g}-bit data, integers in "
+                    f"[0, {top}]; got values in [{x.min().item():g}, {x.max().item():g}]"
+                )
+            if x.is_floating_point() and not torch.equal(x, torch.floor(x)):
+                raise ValueError(
+                    f"Dequantize expects integer levels in [0, {self.num_levels - 1}], got "
+                    "non-integer values (is the data already scaled to [0, 1]?)"
+                )
+        x = _float(x)
+        u = torch.rand_like(x)
+        return (x + u) / self.num_levels, self._log_det(x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.floor(z * self.num_levels).clamp(0, self.num_levels - 1)
+        return x, -self._log_det(z)
+
+
+def _float(x: Tensor) -> Tensor:
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
+class Logit(Flow):
+    """:math:`z = \\mathrm{logit}(\\alpha + (1 - 2\\alpha) y)` for :math:`y \\in [0, 1]`.
+
+    >>> z, log_det = Logit(alpha=0.05)(torch.full((1, 3), 0.5))
+    >>> z, log_det
+    (tensor([[0., 0., 0.]]), tensor([3.8428]))
+    """
+
+    def __init__(self, alpha: float = 0.05) -> None:
+        super().__init__()
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if value_checks_enabled() and x.numel():
+            lo, hi = x.min().item(), x.max().item()
+            inside = (lo >= 0 and hi <= 1) if self.alpha > 0 else (lo > 0 and hi < 1)
+            if not inside:
+                interval = "[0, 1]" if self.alpha > 0 else "(0, 1)"
+                raise ValueError(
+                    f"Logit expects values in {interval} (alpha={self.alpha}); "
+                    f"got values in [{lo:g}, {hi:g}]"
+                )
+        p = self.alpha + (1 - 2 * self.alpha) * x
+        z = torch.log(p) - torch.log1p(-p)
+        log_det = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
+        return z, log_det
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        p = torch.sigmoid(z)
+        x = (p - self.alpha) / (1 - 2 * self.alpha)
+        log_det = (-F.softplus(-z) - F.softplus(z) - math.log(1 - 2 * self.alpha)).flatten(1).sum(1)
+        return x, log_det

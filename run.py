@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Set up and run the book: ``python3 run.py book`` or ``python3 run.py test``.
+
+Both commands create ``.venv`` beside this file on first use and install the
+pinned ``requirements.txt`` plus ``flowlib`` itself into it; they reinstall
+only when ``requirements.txt`` or ``pyproject.toml`` change. Needs only
+Python 3.10+ (with ``venv``) and git.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".flowlib-installed"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def setup() -> None:
+    """Create the virtual environment and install the pinned requirements once."""
+    if sys.version_info < (3, 10):
+        sys.exit(f"flowlib needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print(f"Creating a virtual environment in {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    want = _fingerprint()
+    if STAMP.exists() and STAMP.read_text() == want:
+        return
+    print("Installing pinned requirements (first run only) ...", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.run(pip + ["-r", str(ROOT / "requirements.txt")], check=True)
+    subprocess.run(pip + ["--no-deps", "-e", str(ROOT)], check=True)
+    STAMP.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("book", "test"):
+        print(__doc__)
+        return 2
+    setup()
+    env = dict(os.environ)
+    if argv[0] == "book":
+        cmd = [str(PYTHON), "-m", "jupyterlab", str(ROOT / "chapters")] + argv[1:]
+    else:
+        env.setdefault("FLOWLIB_QUICK", "1")
+        env.setdefault("MPLBACKEND", "Agg")
+        cmd = [str(PYTHON), "-m", "pytest"] + argv[1:]
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
