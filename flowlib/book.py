@@ -1,0 +1,72 @@
+"""Small helpers the chapters share: quick mode, seeding, figures, run info.
+
+Set ``FLOWLIB_QUICK=1`` to make every training cell short (CI does); unset,
+chapters run their real budget, sized for the device found.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["quick_mode", "seed_everything", "figure_path", "run_info", "Timer"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_mode() -> bool:
+    """True when ``FLOWLIB_QUICK`` is set to a non-empty value other than ``0``."""
+    return os.environ.get("FLOWLIB_QUICK", "") not in ("", "0")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def figure_path(name: str) -> Path:
+    """``figures/<name>`` in the repository (created if missing)."""
+    folder = ROOT / "figures"
+    folder.mkdir(exist_ok=True)
+    return folder / name
+
+
+def run_info() -> str:
+    """One line naming the hardware, the PyTorch version and the mode.
+
+    >>> "torch" in run_info()
+    True
+    """
+    if torch.cuda.is_available():
+        hw = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        hw = f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    mode = "quick (FLOWLIB_QUICK=1)" if quick_mode() else "full"
+    return f"{hw}, torch {torch.__version__}, mode: {mode}, run on {time.strftime('%Y-%m-%d %H:%M %Z')}"
+
+
+class Timer:
+    """Context manager measuring wall time in seconds (``.seconds``).
+
+    >>> with Timer() as t:
+    ...     pass
+    >>> t.seconds >= 0
+    True
+    """
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
