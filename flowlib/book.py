@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["quick_mode", "seed_everything", "figure_path", "run_info", "Timer"]
+__all__ = ["quick_mode", "seed_everything", "figure_path", "run_info", "Timer", "image_grid"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +70,28 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1, levels: int = 256) -> np.ndarray:
+    """Tile ``(N, C, H, W)`` (or ``(N, H*W)`` square) images into one ``(rows, cols)`` array in [0, 1].
+
+    >>> image_grid(torch.zeros(6, 1, 2, 2), nrow=3).shape
+    (7, 10)
+    """
+    x = images.detach().float().cpu()
+    if x.dim() == 2:
+        side = int(round(x.shape[1] ** 0.5))
+        if side * side != x.shape[1]:
+            raise ValueError(f"cannot make square images of {x.shape[1]} values")
+        x = x.reshape(-1, 1, side, side)
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"image_grid expects (N, 1, H, W) or (N, H*W) images, got {tuple(images.shape)}")
+    x = (x / (levels - 1)).clamp(0, 1)
+    n, _, h, w = x.shape
+    ncol = min(nrow, n)
+    rows = -(-n // ncol)
+    grid = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i, 0].numpy()
+    return grid

@@ -60,7 +60,7 @@ from .models import FlowModel, nice, realnvp, realnvp_image
 
 __all__ = [
     "TrainConfig", "TrainResult", "TrainingDiverged", "PRESETS", "make_config",
-    "build_model", "load_dataset", "train", "evaluate", "load_model", "main",
+    "build_model", "load_dataset", "train", "evaluate", "load_model", "run_or_load", "main",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -505,6 +505,30 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def run_or_load(config: TrainConfig, progress: bool = True) -> tuple[FlowModel, TrainResult]:
+    """The chapters' entry point: load a finished run, resume an unfinished one, or train.
+
+    A run is finished when ``out_dir`` holds ``results.json`` and ``best.pt``
+    made with the same config; the best model is returned in eval mode.
+    """
+    out = Path(config.out_dir)
+    results, best, ckpt = out / "results.json", out / "best.pt", out / "checkpoint.pt"
+    if results.exists() and best.exists():
+        saved = json.loads(results.read_text())
+        same = {k: v for k, v in saved["config"].items() if k not in _RESUMABLE_CHANGES}
+        mine = {k: v for k, v in _config_dict(config).items() if k in same}
+        if same == mine and saved["epochs_done"] >= config.epochs:
+            if progress:
+                print(f"Loaded the finished run in {out} (delete it to train again).")
+            model, _ = load_model(best, map_location=_resolve_device(config.device))
+            return model, TrainResult(**saved)
+    result = train(config, resume=ckpt.exists(), progress=progress)
+    if not best.exists():
+        raise RuntimeError(f"no epoch finished yet in {out}; run again to resume from the checkpoint")
+    model, _ = load_model(best, map_location=_resolve_device(config.device))
+    return model, result
 
 
 # ----------------------------------------------------------------------------- command line
