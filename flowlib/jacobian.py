@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from .flow import value_checks
+
 __all__ = ["jacobian", "log_abs_det_jacobian", "flow_log_abs_det"]
 
 
@@ -26,7 +28,9 @@ def jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
     ``fn`` takes a batch ``(B, *shape)`` and returns a batch ``(B, *shape_out)``;
     it is called on single examples (batch of one) under ``vmap``, so it must
-    treat examples independently (flows in eval mode do).
+    treat examples independently (flows in eval mode do). Value checks
+    (`flowlib.flow.value_checks`) are off while it runs: they read tensor
+    values, which ``vmap`` cannot do, and a Jacobian does not need them.
 
     >>> A = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
     >>> jacobian(lambda x: x @ A.T, torch.ones(4, 2))[0]
@@ -37,7 +41,8 @@ def jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     def single(xi: Tensor) -> Tensor:
         return fn(xi.unsqueeze(0)).reshape(-1)
 
-    jac = vmap(jacrev(single), randomness="same")(x)
+    with value_checks(False):
+        jac = vmap(jacrev(single), randomness="same")(x)
     return jac.reshape(x.shape[0], -1, x[0].numel())
 
 

@@ -49,6 +49,7 @@ class Dequantize(Flow):
         return x.new_full((x.shape[0],), -dims * math.log(self.num_levels), dtype=_float(x).dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_batched(x, "Dequantize")
         if value_checks_enabled():
             top = self.num_levels - 1
             if x.numel() and (x.min() < 0 or x.max() > top):
@@ -66,8 +67,14 @@ class Dequantize(Flow):
         return (x + u) / self.num_levels, self._log_det(x)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _check_batched(z, "Dequantize")
         x = torch.floor(z * self.num_levels).clamp(0, self.num_levels - 1)
         return x, -self._log_det(z)
+
+
+def _check_batched(x: Tensor, name: str) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects input of shape (B, *event_shape), got {tuple(x.shape)}")
 
 
 def _float(x: Tensor) -> Tensor:
@@ -89,6 +96,7 @@ class Logit(Flow):
         self.alpha = alpha
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_batched(x, "Logit")
         if value_checks_enabled() and x.numel():
             lo, hi = x.min().item(), x.max().item()
             inside = (lo >= 0 and hi <= 1) if self.alpha > 0 else (lo > 0 and hi < 1)
@@ -104,6 +112,7 @@ class Logit(Flow):
         return z, log_det
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _check_batched(z, "Logit")
         p = torch.sigmoid(z)
         x = (p - self.alpha) / (1 - 2 * self.alpha)
         log_det = (-F.softplus(-z) - F.softplus(z) - math.log(1 - 2 * self.alpha)).flatten(1).sum(1)

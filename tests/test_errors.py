@@ -1,0 +1,293 @@
+"""Bad input gets a clear ValueError that says what was expected and what came."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from flowlib import (
+    MLP, ActNorm, AdditiveCoupling, AffineCoupling, BatchNormFlow, Dequantize, DiagonalScaling,
+    InvertibleConv1x1, Logit, MultiScale, Permutation, RandomPermutation, ResidualConvNet,
+    ReversePermutation, Sequential, Squeeze, alternating_mask, channel_mask, checkerboard_mask,
+    half_mask, log_abs_det_jacobian, make_prior, nice, realnvp, realnvp_image, value_checks,
+)
+from flowlib.reshape import unsqueeze
+
+
+def shapes(expected: str, got: tuple[int, ...]) -> str:
+    """Regex for '<expected shape> ... got <actual shape>'."""
+    return re.escape(expected) + r".*got " + re.escape(str(got))
+
+
+def vector_coupling(cls=AdditiveCoupling, dim=4):
+    mask = alternating_mask(dim)
+    width = 1 if cls is AdditiveCoupling else 2
+    return cls(mask, MLP(int(mask.sum()), width * int((~mask).sum()), hidden=4))
+
+
+def image_coupling(cls=AffineCoupling, mask=None):
+    mask = checkerboard_mask(2, 4, 4) if mask is None else mask
+    return cls(mask, ResidualConvNet(2, 4, hidden_channels=4, num_blocks=1))
+
+
+# Each row: (layer factory, bad input shape, expected-shape text in the message).
+SHAPE_ERRORS = [
+    ("additive-size", vector_coupling, (2, 5), "(B, 4)"),
+    ("additive-rank", vector_coupling, (2, 4, 1), "(B, 4)"),
+    ("affine-size", lambda: vector_coupling(AffineCoupling, 6), (3, 4), "(B, 6)"),
+    ("affine-image-size", image_coupling, (2, 2, 4, 6), "(B, 2, 4, 4)"),
+    ("affine-image-rank", image_coupling, (2, 32), "(B, 2, 4, 4)"),
+    ("channel-coupling-size", lambda: AffineCoupling(channel_mask(2, 3, 3), ResidualConvNet(1, 2, 4, 1)),
+     (2, 3, 3, 3), "(B, 2, 3, 3)"),
+    ("diagonal-size", lambda: DiagonalScaling(3), (2, 4), "(B, 3)"),
+    ("diagonal-image", lambda: DiagonalScaling((2, 3, 3)), (2, 2, 3, 4), "(B, 2, 3, 3)"),
+    ("permutation-size", lambda: ReversePermutation(4), (2, 5), "(B, 4) or (B, 4, H, W)"),
+    ("permutation-rank", lambda: RandomPermutation(4), (2, 4, 3), "(B, 4) or (B, 4, H, W)"),
+    ("permutation-channels", lambda: Permutation(torch.tensor([1, 0])), (2, 3, 2, 2), "(B, 2) or (B, 2, H, W)"),
+    ("batchnorm-size", lambda: BatchNormFlow(3), (2, 4), "(B, 3) or (B, 3, H, W)"),
+    ("batchnorm-rank", lambda: BatchNormFlow(3).eval(), (2, 3, 4), "(B, 3) or (B, 3, H, W)"),
+    ("actnorm-size", lambda: ActNorm(3), (2, 2, 5, 5), "(B, 3) or (B, 3, H, W)"),
+    ("conv1x1-size", lambda: InvertibleConv1x1(3), (2, 4, 2, 2), "(B, 3) or (B, 3, H, W)"),
+    ("conv1x1-rank", lambda: InvertibleConv1x1(3), (2, 3, 2), "(B, 3) or (B, 3, H, W)"),
+    ("squeeze-rank", Squeeze, (2, 4), "(B, C, H, W)"),
+    ("multiscale-size", lambda: MultiScale([Squeeze()], ReversePermutation(2), (1, 4, 4)), (2, 1, 4, 6),
+     "(B, 1, 4, 4)"),
+    ("logit-rank", Logit, (5,), "(B, *event_shape)"),
+    ("dequantize-rank", Dequantize, (5,), "(B, *event_shape)"),
+    ("sequential", lambda: Sequential(DiagonalScaling(2), DiagonalScaling(3)), (2, 2), "(B, 3)"),
+]
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("make, shape, expected", [pytest.param(*row[1:], id=row[0]) for row in SHAPE_ERRORS])
+def test_wrong_shape_names_expected_and_actual(make, shape, expected, direction):
+    layer = make()
+    if direction == "inverse" and isinstance(layer, MultiScale):
+        expected = "(B, 16)"
+    x = torch.zeros(shape)
+    with pytest.raises(ValueError, match=shapes(expected, shape)):
+        getattr(layer, direction)(x)
+
+
+def test_multiscale_inverse_wants_the_flat_latent():
+    ms = MultiScale([Squeeze()], ReversePermutation(2), (1, 4, 4))
+    with pytest.raises(ValueError, match=shapes("(B, 16)", (2, 1, 4, 4))):
+        ms.inverse(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=shapes("(B, 16)", (2, 15))):
+        ms.inverse(torch.zeros(2, 15))
+
+
+def test_model_log_prob_checks_shape():
+    with pytest.raises(ValueError, match=shapes("(B, 6)", (2, 5))):
+        nice(6, hidden=4, num_hidden_layers=1).log_prob(torch.zeros(2, 5))
+    model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
+    with pytest.raises(ValueError, match=shapes("(B, 1, 8, 8)", (2, 1, 8, 6))):
+        model.log_prob(torch.zeros(2, 1, 8, 6, dtype=torch.uint8))
+
+
+# ------------------------------------------------------------ odd squeezes
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4), (2, 3, 4, 5), (1, 1, 5, 5)])
+def test_squeeze_odd_size(shape):
+    _, _, h, w = shape
+    with pytest.raises(ValueError, match=f"even height and width, got H={h}, W={w}"):
+        Squeeze()(torch.zeros(shape))
+
+
+def test_unsqueeze_needs_channels_divisible_by_four():
+    with pytest.raises(ValueError, match="divisible by 4, got C=6"):
+        unsqueeze(torch.zeros(1, 6, 2, 2))
+    with pytest.raises(ValueError, match=shapes("(B, C, H, W)", (1, 8))):
+        Squeeze().inverse(torch.zeros(1, 8))
+
+
+def test_multiscale_odd_level():
+    with pytest.raises(ValueError, match=re.escape("level of shape (2, 3, 3): H and W must be even")):
+        MultiScale([Squeeze(), Squeeze()], ReversePermutation(4), shape=(1, 6, 6))
+
+
+def test_realnvp_image_size_not_divisible():
+    with pytest.raises(ValueError, match="3 scales need H and W divisible by 4, got H=6, W=6"):
+        realnvp_image((1, 6, 6), num_scales=3)
+    with pytest.raises(ValueError, match=re.escape("shape must be (C, H, W), got (28, 28)")):
+        realnvp_image((28, 28))
+
+
+# ------------------------------------------------------------------- masks
+
+
+def test_mask_that_does_not_fit_the_input():
+    layer = AdditiveCoupling(checkerboard_mask(1, 4, 4), ResidualConvNet(1, 1, 4, 1))
+    with pytest.raises(ValueError, match=shapes("(B, 1, 4, 4)", (2, 1, 8, 8))):
+        layer(torch.zeros(2, 1, 8, 8))
+    vector = vector_coupling(dim=4)
+    with pytest.raises(ValueError, match=shapes("(B, 4)", (2, 1, 2, 2))):
+        vector(torch.zeros(2, 1, 2, 2))
+
+
+@pytest.mark.parametrize("mask", [torch.ones(4, dtype=torch.bool), torch.ones(2, 2, 2, dtype=torch.bool),
+                                  torch.zeros(4, dtype=torch.bool)])
+def test_mask_must_have_both_parts(mask):
+    with pytest.raises(ValueError, match=r"both conditioning \(True\) and transformed \(False\)"):
+        AdditiveCoupling(mask, MLP(2, 2))
+
+
+def test_mask_rank():
+    with pytest.raises(ValueError, match=re.escape("mask must have shape (D,) or (C, H, W), got (2, 2)")):
+        AffineCoupling(torch.tensor([[True, False], [False, True]]), MLP(2, 2))
+
+
+@pytest.mark.parametrize("make", [alternating_mask, half_mask])
+@pytest.mark.parametrize("parity", [2, -1])
+def test_bad_parity_vector(make, parity):
+    with pytest.raises(ValueError, match=f"parity must be 0 or 1, got {parity}"):
+        make(4, parity=parity)
+
+
+@pytest.mark.parametrize("make", [checkerboard_mask, channel_mask])
+def test_bad_parity_image(make):
+    with pytest.raises(ValueError, match="parity must be 0 or 1, got 2"):
+        make(2, 4, 4, parity=2)
+
+
+def test_masks_too_small():
+    with pytest.raises(ValueError, match="at least 2 dimensions, got dim=1"):
+        alternating_mask(1)
+    with pytest.raises(ValueError, match="at least 2 dimensions, got dim=1"):
+        half_mask(1)
+    with pytest.raises(ValueError, match="at least 2 channels, got 1"):
+        channel_mask(1, 4, 4)
+    with pytest.raises(ValueError, match=re.escape("at least 2 pixels, got (3, 1, 1)")):
+        checkerboard_mask(3, 1, 1)
+
+
+def test_permutation_must_be_a_permutation():
+    with pytest.raises(ValueError, match=re.escape("permutation of 0..2, got [0, 0, 2]")):
+        Permutation(torch.tensor([0, 0, 2]))
+
+
+# ------------------------------------------------------------ 8-bit data
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([[-1.0, 3.0]], r"8-bit data, integers in \[0, 255\]; got values in \[-1, 3\]"),
+        ([[0.0, 256.0]], r"8-bit data, integers in \[0, 255\]; got values in \[0, 256\]"),
+        ([[0.5, 3.0]], r"integer levels in \[0, 255\], got non-integer values"),
+        ([[0.1, 0.9]], r"already scaled to \[0, 1\]"),
+    ],
+)
+def test_dequantize_rejects_non_8bit(values, message):
+    with pytest.raises(ValueError, match=message):
+        Dequantize()(torch.tensor(values))
+
+
+def test_dequantize_rejects_out_of_range_integers():
+    with pytest.raises(ValueError, match=r"got values in \[0, 300\]"):
+        Dequantize()(torch.tensor([[0, 300]]))
+    with pytest.raises(ValueError, match=r"2-bit data, integers in \[0, 3\]; got values in \[0, 4\]"):
+        Dequantize(num_levels=4)(torch.tensor([[0.0, 4.0]]))
+    with pytest.raises(ValueError, match="num_levels must be at least 2, got 1"):
+        Dequantize(num_levels=1)
+
+
+@pytest.mark.parametrize(
+    "alpha, values, message",
+    [
+        (0.05, [[0.2, 1.5]], r"\[0, 1\] \(alpha=0.05\); got values in \[0.2, 1.5\]"),
+        (0.05, [[-0.1, 0.5]], r"\[0, 1\] \(alpha=0.05\); got values in \[-0.1, 0.5\]"),
+        (0.0, [[0.0, 0.5]], r"\(0, 1\) \(alpha=0.0\); got values in \[0, 0.5\]"),
+        (0.0, [[0.5, 1.0]], r"\(0, 1\) \(alpha=0.0\); got values in \[0.5, 1\]"),
+    ],
+)
+def test_logit_outside_unit_interval(alpha, values, message):
+    with pytest.raises(ValueError, match=message):
+        Logit(alpha)(torch.tensor(values))
+
+
+def test_logit_bad_alpha():
+    with pytest.raises(ValueError, match=re.escape("alpha must be in [0, 0.5), got 0.5")):
+        Logit(alpha=0.5)
+
+
+def test_model_rejects_scaled_images():
+    model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
+    with pytest.raises(ValueError, match="non-integer values"):
+        model.log_prob(torch.rand(2, 1, 8, 8))
+
+
+# ------------------------------------------------------------ value checks
+
+
+def test_value_checks_can_be_disabled():
+    bad_levels = torch.tensor([[-1.0, 0.5, 300.0]])
+    bad_unit = torch.tensor([[1.5, 0.5]])
+    with value_checks(False):
+        y, log_det = Dequantize()(bad_levels)  # no error: the caller vouched for the data
+        assert torch.equal(log_det, torch.tensor([-3 * math.log(256)]))
+        z, _ = Logit()(bad_unit)
+        assert torch.isnan(z[0, 0]) and torch.isfinite(z[0, 1])
+        with value_checks(True):
+            with pytest.raises(ValueError, match="8-bit data"):
+                Dequantize()(bad_levels)
+        Dequantize()(bad_levels)  # the inner block restored the outer setting
+    with pytest.raises(ValueError, match="8-bit data"):
+        Dequantize()(bad_levels)
+    with pytest.raises(ValueError, match=r"Logit expects values in \[0, 1\]"):
+        Logit()(bad_unit)
+
+
+def test_value_checks_restored_after_an_exception():
+    with pytest.raises(RuntimeError):
+        with value_checks(False):
+            raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="8-bit data"):
+        Dequantize()(torch.tensor([[-1.0]]))
+
+
+def test_shape_checks_stay_on_without_value_checks():
+    with value_checks(False):
+        with pytest.raises(ValueError, match=shapes("(B, 3)", (2, 4))):
+            DiagonalScaling(3)(torch.zeros(2, 4))
+        with pytest.raises(ValueError, match="even height and width"):
+            Squeeze()(torch.zeros(1, 1, 3, 3))
+
+
+# ----------------------------------------------------- priors and presets
+
+
+def test_bad_prior_name():
+    with pytest.raises(ValueError, match=r"prior must be one of \['gaussian', 'logistic', 'normal'\], got 'cauchy'"):
+        make_prior("cauchy")
+    for build in (lambda: nice(4, hidden=4, prior="cauchy"), lambda: realnvp(2, hidden=4, prior="cauchy"),
+                  lambda: realnvp_image((1, 4, 4), num_scales=1, hidden_channels=4, num_blocks=1, prior="cauchy")):
+        with pytest.raises(ValueError, match="got 'cauchy'"):
+            build()
+
+
+def test_bad_preset_arguments():
+    with pytest.raises(ValueError, match="NICE needs dim >= 2, got 1"):
+        nice(1)
+    with pytest.raises(ValueError, match="num_couplings must be at least 1, got 0"):
+        nice(4, num_couplings=0)
+    with pytest.raises(ValueError, match="RealNVP needs dim >= 2, got 1"):
+        realnvp(1)
+    with pytest.raises(ValueError, match="num_scales must be at least 1, got 0"):
+        realnvp_image((1, 8, 8), num_scales=0)
+    with pytest.raises(ValueError, match="num_hidden_layers must be at least 1, got 0"):
+        MLP(2, 2, num_hidden_layers=0)
+
+
+def test_non_square_jacobian():
+    with pytest.raises(ValueError, match=re.escape("square Jacobian, got (3, 2)")):
+        log_abs_det_jacobian(lambda x: torch.cat([x, x[:, :1]], dim=1), torch.zeros(4, 2))
+
+
+def test_sequential_takes_flows_only():
+    with pytest.raises(TypeError, match="Sequential takes Flow layers, got Linear"):
+        Sequential(DiagonalScaling(2), torch.nn.Linear(2, 2))
