@@ -59,7 +59,7 @@ from .flow import value_checks
 from .models import FlowModel, nice, realnvp, realnvp_image
 
 __all__ = [
-    "TrainConfig", "TrainResult", "TrainingDiverged", "PRESETS", "make_config",
+    "TrainConfig", "TrainResult", "TrainingDiverged", "PRESETS", "make_config", "make_optimizer",
     "build_model", "load_dataset", "train", "evaluate", "load_model", "run_or_load", "main",
 ]
 
@@ -191,6 +191,17 @@ def load_dataset(config: TrainConfig) -> dict[str, Tensor]:
         splits["valid"] = splits["valid"][: config.eval_size]
         splits["test"] = splits["test"][: config.eval_size]
     return splits
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with the config's hyperparameters, as a fused kernel.
+
+    The fused implementation updates every parameter in one pass over memory
+    (the default CPU implementation makes several), which matters for NICE's
+    19 million parameters; the arithmetic is Adam's all the same.
+    """
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
+                            weight_decay=config.weight_decay, fused=True)
 
 
 @dataclass
@@ -340,8 +351,7 @@ def train(
     torch.manual_seed(config.seed)
     splits = {k: v.to(device) for k, v in load_dataset(config).items()}
     model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
-                                 weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     # Validate one batch's values once; the hot loop then runs without value checks (no host syncs).
     with torch.no_grad():
         model.eval()
