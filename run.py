@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 import sys
 import venv
 from pathlib import Path
@@ -58,6 +59,8 @@ def main(argv: list[str]) -> int:
     else:
         env.setdefault("FLOWLIB_QUICK", "1")
         env.setdefault("MPLBACKEND", "Agg")
+        # Quick runs write their figures to a scratch folder, not over the stored ones.
+        env.setdefault("FLOWLIB_FIGURES", tempfile.mkdtemp(prefix="flowlib-figures-"))
         cmd = [str(PYTHON), "-m", "pytest"] + argv[1:]
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

@@ -33,9 +33,13 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def figure_path(name: str) -> Path:
-    """``figures/<name>`` in the repository (created if missing)."""
-    folder = ROOT / "figures"
-    folder.mkdir(exist_ok=True)
+    """``figures/<name>`` in the repository, or in ``$FLOWLIB_FIGURES`` when set.
+
+    The test command sets ``FLOWLIB_FIGURES`` to a temporary folder, so quick
+    runs never overwrite the figures of the stored (full) runs.
+    """
+    folder = Path(os.environ.get("FLOWLIB_FIGURES") or ROOT / "figures")
+    folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 
 

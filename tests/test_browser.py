@@ -1,0 +1,387 @@
+"""The book in a real browser: JupyterLab and headless Chromium on chapter 2's playground.
+
+What a reader does, done by a script. The test starts JupyterLab (loopback,
+no token) on a temporary copy of ``chapters/``, opens the chapter with the
+2D-density playground, runs Run > Run All Cells, changes the toy density and
+the number of training steps, presses Train and waits for the fit. It fails if
+
+* a widget did not render: "Error displaying widget" or "Loading widget..."
+  is left on the page, ipywidgets shows its error widget, the playground
+  (``.flowlib-playground``) never appears, or the widget manager extension is
+  missing (then an output shows only the plain-text repr, ``VBox(children=...``);
+* the plot (the ``<img>`` of the ``ipywidgets.Image`` with class
+  ``flowlib-plot``) did not change, by its bytes, after the density changed
+  and again after training;
+* the kernel reported an error: a traceback in any output, a cell left
+  unexecuted, or the playground's status line not ending on a test NLL.
+
+The server gets ``FLOWLIB_QUICK=1`` and its own temporary config, runtime,
+settings, workspace and IPython folders, so nothing is written to the
+repository or the home folder; it is stopped with its kernels even when the
+test fails.
+
+A screenshot of the trained playground goes to ``figures/browser-playground.png`` (or ``$FLOWLIB_FIGURES``).
+
+It needs Chromium and its driver from the system packages
+(``/usr/bin/chromium`` and ``/usr/bin/chromedriver``; Debian:
+``apt-get install chromium chromium-driver``) and is skipped without them.
+Nothing here downloads a browser: the driver path is passed explicitly, so
+Selenium Manager is never asked for one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowlib.book import figure_path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ROOT / "chapters"
+CHAPTER = "02-additive-coupling.ipynb"
+SCREENSHOT = figure_path("browser-playground.png")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+]
+INSTALL_HINT = ("needs Chromium and chromedriver from the system packages (/usr/bin/chromium, "
+                "/usr/bin/chromedriver; Debian: apt-get install chromium chromium-driver)")
+
+# Seconds. Run All covers the whole chapter in quick mode on a small CPU.
+SERVER_START_TIMEOUT = 60
+PAGE_TIMEOUT = 60
+RUN_ALL_TIMEOUT = 300
+WIDGET_TIMEOUT = 60
+TRAIN_TIMEOUT = 120
+
+PLOT = "img.flowlib-plot, .flowlib-plot img"
+STDERR_MIME = "application/vnd.jupyter.stderr"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -r requirements.txt)")
+from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)), reason=INSTALL_HINT,
+)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (kernels run in their own session, so a group kill misses them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _write_settings(settings: Path) -> None:
+    """User settings for the run: no news or update checks (they would fetch from outside)."""
+    path = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+@contextmanager
+def jupyterlab(root: Path, state: Path) -> Iterator[str]:
+    """Run JupyterLab on ``root`` at ``http://127.0.0.1:<free port>``; yields the base URL.
+
+    Config, runtime, settings, workspaces, data and IPython folders live under
+    ``state``, so nothing is written to the repository or the home folder.
+    The server, its kernels and anything else it started are stopped on exit,
+    also when the test failed.
+    """
+    dirs = {name: state / name for name in ("config", "runtime", "settings", "workspaces", "data", "ipython")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    _write_settings(dirs["settings"])
+    env = dict(os.environ)
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, as a reader gets it
+    env.update(
+        FLOWLIB_QUICK="1", PYTHONUNBUFFERED="1",
+        JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
+        JUPYTER_DATA_DIR=str(dirs["data"]), JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
+        JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]), IPYTHONDIR=str(dirs["ipython"]),
+    )
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
+        "--ServerApp.password=", f"--ServerApp.root_dir={root}",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log_path = state / "jupyterlab.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not answer in {SERVER_START_TIMEOUT} s:\n"
+                                   f"{log_path.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        started.update(_descendants(proc.pid))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for pid in started:  # kernels left behind (own session) go by their id
+            _kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- the browser
+
+
+@contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """Headless Chromium driven by the system chromedriver; quits on exit."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(CHROMEDRIVER, log_output=str(profile.parent / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: Any, timeout: float, what: str, condition: Callable[[Any], Any]) -> Any:
+    """``condition(driver)`` once truthy, polled every 0.2 s; fails saying ``what`` timed out."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    except TimeoutException:
+        pytest.fail(f"timed out after {timeout} s waiting for {what}\n{_diagnostics(driver)}")
+
+
+def _diagnostics(driver: Any) -> str:
+    """Errors from the browser console and the visible error texts, for failure messages."""
+    lines = []
+    try:
+        for entry in driver.get_log("browser"):
+            if entry.get("level") in ("SEVERE", "WARNING"):
+                lines.append(f"console {entry['level']}: {entry['message'][:300]}")
+    except WebDriverException:
+        pass
+    try:
+        lines += [f"output: {t[:500]}" for t in driver.execute_script(_ERROR_OUTPUTS_JS)]
+    except WebDriverException:
+        pass
+    return "\n".join(lines[-30:])
+
+
+_ERROR_OUTPUTS_JS = f"""
+return Array.from(document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="{STDERR_MIME}"]'))
+  .map(e => e.textContent).filter(t => /Traceback|Error/.test(t));
+"""
+
+# The toolbar reads "idle" also before any kernel exists, so the kernel's name must be there too.
+_KERNEL_READY_JS = """
+const panel = document.querySelector('.jp-NotebookPanel');
+const status = panel && panel.querySelector('.jp-Notebook-ExecutionIndicator');
+const name = panel && panel.querySelector('.jp-Toolbar-kernelName');
+return Boolean(status && status.dataset.status === 'idle' && name
+               && name.textContent.trim() && name.textContent.trim() !== 'No Kernel');
+"""
+
+# Without the widget manager extension a widget falls back to its text repr, "VBox(children=...".
+_WIDGET_REPRS_JS = """
+return Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-type="text/plain"]'))
+  .map(e => e.textContent.trim()).filter(t => /^[A-Z]\\w*\\((children|value|description|options)=/.test(t));
+"""
+
+_PROMPTS_JS = """
+return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
+  .map(e => e.textContent.trim());
+"""
+
+# The bytes behind the plot's blob: URL, hashed (the src alone changes on every redraw).
+_PLOT_JS = f"""
+const done = arguments[arguments.length - 1];
+const img = document.querySelector('{PLOT}');
+if (!img || !img.src || !img.complete || img.naturalWidth === 0) {{ done(null); return; }}
+fetch(img.src).then(r => r.arrayBuffer()).then(b => crypto.subtle.digest('SHA-256', b))
+  .then(h => done({{src: img.src, width: img.naturalWidth,
+                    sha: Array.from(new Uint8Array(h), x => x.toString(16).padStart(2, '0')).join('')}}))
+  .catch(() => done(null));
+"""
+
+
+def _plot(driver: Any) -> dict[str, Any] | None:
+    return driver.execute_async_script(_PLOT_JS)
+
+
+def _plot_changed(before: dict[str, Any]) -> Callable[[Any], dict[str, Any] | None]:
+    def changed(driver: Any) -> dict[str, Any] | None:
+        now = _plot(driver)
+        return now if now and now["src"] != before["src"] and now["sha"] != before["sha"] else None
+    return changed
+
+
+def _notebook_text(driver: Any) -> str:
+    return driver.execute_script("return document.querySelector('.jp-Notebook').textContent")
+
+
+def _set_readout(driver: Any, widget: Any, value: str) -> None:
+    """Type ``value`` into a slider's editable readout and press Enter (as a reader would)."""
+    readout = widget.find_element(By.CSS_SELECTOR, ".widget-readout")
+    readout.click()
+    driver.execute_script("document.execCommand('selectAll', false, null)")
+    readout.send_keys(value, Keys.ENTER)
+
+
+def _run_all(driver: Any) -> None:
+    """Run > Run All Cells from the menu bar."""
+    menu = _wait(driver, PAGE_TIMEOUT, "the Run menu", lambda d: next(
+        (e for e in d.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if e.text.strip() == "Run"), None))
+    menu.click()
+    item = _wait(driver, 10, "Run All Cells in the Run menu", lambda d: next(
+        (e for e in d.find_elements(By.CSS_SELECTOR, '.lm-Menu-item[data-command="runmenu:run-all"]')
+         if e.is_displayed()), None))
+    item.click()
+
+
+def check_playground_chapter(driver: Any, url: str, notebook: str, screenshot: Path) -> None:
+    """Open ``notebook`` in JupyterLab at ``url``, run it, use the playground; assert it all works."""
+    driver.get(f"{url}/lab/tree/{notebook}")
+    _wait(driver, PAGE_TIMEOUT, "the notebook to open", lambda d: d.find_elements(
+        By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-CodeCell"))
+    _wait(driver, PAGE_TIMEOUT, "the kernel to start", lambda d: d.execute_script(_KERNEL_READY_JS))
+    # the file browser off, so the notebook gets the width (and the screenshot shows the book)
+    for tab in driver.find_elements(By.CSS_SELECTOR, ".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current"):
+        tab.click()
+
+    _run_all(driver)
+    _wait(driver, 30, "Run All to start (a [*] prompt)",
+          lambda d: any("*" in p for p in d.execute_script(_PROMPTS_JS)))
+    _wait(driver, RUN_ALL_TIMEOUT, "every cell to finish",
+          lambda d: not any("*" in p for p in d.execute_script(_PROMPTS_JS)))
+    _wait(driver, PAGE_TIMEOUT, "the kernel to be idle after Run All",
+          lambda d: d.execute_script(_KERNEL_READY_JS))
+
+    # the kernel: no traceback anywhere, every code cell has an execution count
+    errors = driver.execute_script(_ERROR_OUTPUTS_JS)
+    assert not errors, "the kernel reported an error:\n" + "\n\n".join(errors)
+    prompts = driver.execute_script(_PROMPTS_JS)
+    assert prompts and all(p.strip("[]: ").isdigit() for p in prompts), f"cells left unrun: {prompts}"
+
+    # the widgets: every widget output rendered, the playground among them
+    reprs = driver.execute_script(_WIDGET_REPRS_JS)
+    assert not reprs, f"widgets shown as plain text (is jupyterlab_widgets installed?): {reprs}"
+    playground = _wait(driver, WIDGET_TIMEOUT, "the playground widget (.flowlib-playground)",
+                       lambda d: next(iter(d.find_elements(By.CSS_SELECTOR, ".flowlib-playground")), None))
+    _wait(driver, WIDGET_TIMEOUT, "every widget to finish loading",
+          lambda d: "Loading widget..." not in _notebook_text(d))
+    text = _notebook_text(driver)
+    assert "Error displaying widget" not in text, f"a widget failed to render\n{_diagnostics(driver)}"
+    assert not driver.find_elements(By.CSS_SELECTOR, ".jupyter-widgets-error-widget"), \
+        f"a widget failed to render (ipywidgets' error widget is shown)\n{_diagnostics(driver)}"
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
+    first = _wait(driver, WIDGET_TIMEOUT, "the plot image to load", _plot)
+    assert first["width"] > 100, f"the plot is {first['width']} px wide"
+
+    # change a control: another toy density redraws the data panel
+    select = Select(playground.find_element(By.CSS_SELECTOR, ".flowlib-density select"))
+    current = select.first_selected_option.text
+    choice = next(o.text for o in select.options if o.text != current)
+    select.select_by_visible_text(choice)
+    redrawn = _wait(driver, WIDGET_TIMEOUT, f"the plot to redraw for density {choice!r}", _plot_changed(first))
+
+    # a short training run, then the learned density and samples replace the data plot
+    steps = playground.find_element(By.CSS_SELECTOR, ".flowlib-steps")
+    minimum = steps.find_element(By.CSS_SELECTOR, "[aria-valuemin]").get_attribute("aria-valuemin")
+    wanted = str(2 * int(float(minimum)))
+    _set_readout(driver, steps, wanted)
+    _wait(driver, 10, f"the steps slider to read {wanted}", lambda d: steps.find_element(
+        By.CSS_SELECTOR, ".widget-readout").text.strip() == wanted)
+    button = playground.find_element(By.CSS_SELECTOR, ".flowlib-train")
+    button.click()
+    trained = _wait(driver, TRAIN_TIMEOUT, "training to finish and the plot to redraw", _plot_changed(redrawn))
+    _wait(driver, 10, "the Train button to be enabled again", lambda d: button.is_enabled())
+    status = playground.find_element(By.CSS_SELECTOR, ".flowlib-status").text
+    assert "error" not in status.lower(), f"training failed: {status}"
+    assert "test NLL" in status, f"training did not report a test NLL: {status!r}"
+    assert trained["sha"] != first["sha"]
+    errors = driver.execute_script(_ERROR_OUTPUTS_JS)
+    assert not errors, "the kernel reported an error:\n" + "\n\n".join(errors)
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(screenshot)), "could not save the screenshot"
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def test_playground_in_jupyterlab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = CHAPTERS / CHAPTER
+    assert notebook.exists(), f"{notebook} is missing"
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager is skipped anyway (explicit driver)
+    root = tmp_path / "chapters"
+    shutil.copytree(CHAPTERS, root)  # the stored notebooks stay as they are
+    with jupyterlab(root, tmp_path / "state") as url, chromium(tmp_path / "profile") as driver:
+        check_playground_chapter(driver, url, CHAPTER, SCREENSHOT)
