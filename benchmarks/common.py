@@ -1,0 +1,141 @@
+"""Shared helpers of the benchmark scripts: timing, matmul peak, tables, results.
+
+Timing protocol (used by every throughput script):
+
+* every library gets the same warmup steps first;
+* then ``repeats`` rounds; in each round every library runs ``steps`` steps
+  back to back, and the order of the libraries rotates from round to round
+  (round-robin), so slow drifts of the machine hit every library alike;
+* a library's throughput is the median over rounds of ``samples / seconds``,
+  and the spread is the min and max over rounds;
+* a ratio "A vs B" is the median over rounds of the per-round ratio, which
+  cancels load that changes between rounds but not within one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "RESULTS", "ADAM_IMPLS", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
+    "format_table", "write_results", "count_params", "machine_info", "load_mnist_images",
+]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# torch.optim.Adam implementations (same algorithm and hyperparameters); on CPU torch's
+# default is the per-parameter loop, "fused" is one kernel per parameter group.
+ADAM_IMPLS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def base_parser(description: str, repeats: int, steps: int, warmup: int, adam: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (round-robin over libraries)")
+    p.add_argument("--steps", type=int, default=steps, help="steps per library per round")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed steps per library first")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny repeats/steps)")
+    p.add_argument("--libs", type=str, default=None, help="comma-separated subset of libraries")
+    p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    if adam:
+        p.add_argument("--adam", choices=sorted(ADAM_IMPLS), default="default",
+                       help="torch.optim.Adam implementation, the same for every library (default: torch's choice)")
+    return p
+
+
+def setup_threads(n: int) -> None:
+    """Intra-op threads for every library alike (the benchmarks state the number)."""
+    torch.set_num_threads(n)
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """Best fp32 ``torch.mm`` rate on ``n x n`` matrices, in GFLOP/s (``2 n^3`` per product)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def interleaved(
+    steps_fns: dict[str, Callable[[], None]], batch: int, repeats: int, steps: int, warmup: int,
+) -> dict[str, list[float]]:
+    """Samples/s of each library in every round (see the module docstring)."""
+    names = list(steps_fns)
+    for name in names:
+        for _ in range(warmup):
+            steps_fns[name]()
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = steps_fns[name]
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            rates[name].append(batch * steps / (time.perf_counter() - t))
+    return rates
+
+
+def summarize(rates: dict[str, list[float]], reference: str) -> dict[str, dict]:
+    """Median, min, max samples/s and the median per-round ratio ``reference / library``."""
+    out = {}
+    for name, r in rates.items():
+        ratios = [a / b for a, b in zip(rates[reference], r)]
+        out[name] = {
+            "median": statistics.median(r), "min": min(r), "max": max(r), "rounds": r,
+            f"{reference}_over_this": statistics.median(ratios),
+        }
+    return out
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub-markdown table (also readable in a terminal)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def write_results(name: str, data: dict, markdown: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+    print(f"\nwrote {RESULTS / (name + '.json')} and .md")
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
+    """``n`` MNIST training images (uint8, ``(n, 1, 28, 28)``), or random ones if MNIST is absent."""
+    try:
+        from flowlib.data import load_mnist
+
+        images, _ = load_mnist("train", download=False)
+        return images[:n], "MNIST train"
+    except (FileNotFoundError, ValueError, OSError):
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), "random uint8 (MNIST not found)"
