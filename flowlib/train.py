@@ -108,7 +108,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("nice", "paper"): dict(epochs=1500, batch_size=200, lr=1e-3, betas=(0.9, 0.01), eps=1e-4,
                             checkpoint_minutes=10.0, log_every=100),
     # Same architecture and optimizer, fewer epochs: about 30 minutes on 2 cores.
-    ("nice", "cpu"): dict(epochs=8, batch_size=200, lr=1e-3, betas=(0.9, 0.01), eps=1e-4),
+    ("nice", "cpu"): dict(epochs=25, batch_size=200, lr=1e-3, betas=(0.9, 0.01), eps=1e-4),
     ("nice", "quick"): dict(epochs=2, batch_size=100, lr=1e-3, betas=(0.9, 0.01), eps=1e-4,
                             model_kwargs=dict(hidden=64, num_hidden_layers=2),
                             train_size=1000, eval_size=500, log_every=5),
@@ -117,7 +117,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0,
                                model_kwargs=dict(hidden_channels=64, num_blocks=8),
                                checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
-    ("realnvp", "cpu"): dict(epochs=2, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0,
+    ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0,
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
     ("realnvp", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0,
                                model_kwargs=dict(hidden_channels=8, num_blocks=1),
