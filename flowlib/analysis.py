@@ -39,6 +39,7 @@ from .nets import MLP, ResidualConvNet
 from .permutations import RandomPermutation, ReversePermutation
 from .preprocess import Dequantize, Logit
 from .reshape import Squeeze
+from .train import evaluate
 
 __all__ = [
     "SCHEMES", "dependency", "dependency_after", "mixing_depth", "coupling_stack",
@@ -281,18 +282,10 @@ def downscale(images: Tensor, factor: int = 2) -> Tensor:
     return pooled.round().clamp(0, 255).to(torch.uint8)
 
 
-@torch.no_grad()
 def evaluate_bpd(model: FlowModel, x: Tensor, batch_size: int = 500) -> float:
-    """Mean bits/dim of ``model`` on ``x`` (eval mode; dequantization noise drawn once)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    total = 0.0
+    """Mean bits/dim of ``model`` on ``x`` (`flowlib.train.evaluate`, without value checks)."""
     with value_checks(False):
-        for xb in batches(x, batch_size, shuffle=False):
-            total += model.bits_per_dim(xb.to(dev)).sum().item()
-    model.train(was_training)
-    return total / x.shape[0]
+        return evaluate(model, x, batch_size)[0]
 
 
 @dataclass

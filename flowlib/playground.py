@@ -40,6 +40,7 @@ from torch import Tensor
 from .flow import Flow, check_shape
 from .models import FlowModel, nice, realnvp
 from .toy import TOY_DENSITIES, toy_splits
+from .train import evaluate
 
 if TYPE_CHECKING:  # matplotlib and ipywidgets are imported only where used
     from matplotlib.figure import Figure
@@ -243,15 +244,10 @@ def train_toy(
     return losses
 
 
-@torch.no_grad()
 def evaluate_nll(model: FlowModel, data: Tensor, batch_size: int = 8192) -> float:
     """Mean negative log-likelihood of ``data`` under ``model``, in nats per example."""
     ref = next(model.parameters())
-    model.eval()
-    total = 0.0
-    for chunk in data.to(device=ref.device, dtype=ref.dtype).split(batch_size):
-        total += -model.log_prob(chunk).sum().item()
-    return total / data.shape[0]
+    return evaluate(model, data.to(dtype=ref.dtype), batch_size)[1]
 
 
 @torch.no_grad()

@@ -261,16 +261,17 @@ def _resolve_device(name: str) -> torch.device:
 def evaluate(model: FlowModel, data: Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Mean negative log-likelihood on ``data``: ``(bits per dim, nats per example)``.
 
-    Under torchrun each process evaluates its shard and the sums are reduced.
+    Runs in eval mode, in batches moved to the model's device. Under torchrun each process evaluates its shard and the sums are reduced.
     """
     was_training = model.training
     model.eval()
     rank, world, _ = _dist_info()
     shard = data[rank::world]
-    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, shard.shape[0], batch_size):
-        total += model.log_prob(shard[start:start + batch_size]).double().sum()
-    count = torch.tensor(float(shard.shape[0]), dtype=torch.float64, device=data.device)
+        total += model.log_prob(shard[start:start + batch_size].to(device)).double().sum()
+    count = torch.tensor(float(shard.shape[0]), dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(total)
         dist.all_reduce(count)
