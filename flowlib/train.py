@@ -379,6 +379,13 @@ def train(
         print(f"Starting afresh; an earlier checkpoint in {out} will be overwritten "
               f"(pass resume=True / --resume to continue it).", file=sys.stderr)
 
+    if not resume:
+        # Data-dependent initialisation (NICE's scaling, ActNorm) from the first global batch,
+        # before DDP wraps the model, so every process starts from the same parameters.
+        first = _epoch_order(splits["train"].shape[0], config.seed, 0)[: config.batch_size]
+        with torch.no_grad():
+            model.log_prob(splits["train"][first.to(device)])
+
     net: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
