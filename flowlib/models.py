@@ -103,8 +103,6 @@ def nice(
     of odd and even coordinates swapped at every layer; :math:`z = e^S \\odot h^{(K)}`.
     With ``dequantize=True`` the model takes 8-bit data and scales it to [0, 1)
     with uniform noise (the paper's preprocessing), counting that log-det.
-    The scaling :math:`S` starts from the first training batch (see
-    `~flowlib.scaling.DiagonalScaling`; the paper leaves its start open).
 
     >>> model = nice(784)
     >>> sum(p.numel() for p in model.parameters())
@@ -120,8 +118,7 @@ def nice(
         n_cond = int(mask.sum())
         net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers)
         layers.append(AdditiveCoupling(mask, net))
-    prior_std = math.pi / math.sqrt(3) if prior == "logistic" else 1.0
-    layers.append(DiagonalScaling(dim, data_init=True, prior_std=prior_std))
+    layers.append(DiagonalScaling(dim))
     return FlowModel(Sequential(*layers), prior, (dim,))
 
 

@@ -380,7 +380,7 @@ def train(
               f"(pass resume=True / --resume to continue it).", file=sys.stderr)
 
     if not resume:
-        # Data-dependent initialisation (NICE's scaling, ActNorm) from the first global batch,
+        # Data-dependent initialisation (ActNorm) from the first global batch,
         # before DDP wraps the model, so every process starts from the same parameters.
         first = _epoch_order(splits["train"].shape[0], config.seed, 0)[: config.batch_size]
         with torch.no_grad():

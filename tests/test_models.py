@@ -201,7 +201,7 @@ def test_nice_mnist_structure():
         )
         assert sum(isinstance(m, torch.nn.ReLU) for m in layer.net) == 5
     x = torch.randn(B, 784)
-    z, log_det = model.eval()(x)  # eval: no data-dependent init, S = 0
+    z, log_det = model(x)
     assert z.shape == (B, 784) and torch.equal(log_det, torch.zeros(B))
 
 
@@ -274,19 +274,3 @@ def test_flow_model_with_custom_flow():
     assert model.num_dims == 8 and model.latent_shape == (2, 2, 2)
     x = torch.randn(B, 2, 2, 2)
     torch.testing.assert_close(model.log_prob(x), StandardLogistic().log_prob(x))  # identity at init
-
-
-def test_nice_scaling_starts_from_the_first_training_batch():
-    """The first training batch sets S so that every dimension has the prior's spread."""
-    from flowlib.scaling import DiagonalScaling
-
-    model = nice(6, hidden=8, num_hidden_layers=1)
-    scaling = model.flow[-1]
-    assert isinstance(scaling, DiagonalScaling) and not bool(scaling.initialized)
-    x = torch.randn(500, 6) * torch.tensor([0.01, 0.1, 1.0, 2.0, 5.0, 0.5])
-    z, _ = model.train()(x)
-    assert bool(scaling.initialized)
-    torch.testing.assert_close(z.std(0), torch.full((6,), math.pi / math.sqrt(3)), rtol=1e-4, atol=1e-4)
-    before = scaling.log_scale.detach().clone()
-    model(x * 3)  # later batches do not re-initialise
-    assert torch.equal(scaling.log_scale.detach(), before)
