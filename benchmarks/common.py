@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "RESULTS", "ADAM_IMPLS", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
+    "RESULTS", "ADAM_IMPLS", "adam_kwargs", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
     "format_table", "write_results", "count_params", "machine_info", "load_mnist_images",
 ]
 
@@ -33,6 +33,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # torch.optim.Adam implementations (same algorithm and hyperparameters); on CPU torch's
 # default is the per-parameter loop, "fused" is one kernel per parameter group.
 ADAM_IMPLS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def adam_kwargs(impl: str, library: str) -> dict:
+    """The Adam implementation a library's step uses.
+
+    ``native`` is each library as its users train it: flowlib with its
+    trainer's optimizer (`flowlib.train.make_optimizer`, fused Adam), the
+    peers (which ship no trainer) with torch's default. Any other choice is
+    the same implementation for every library.
+    """
+    if impl == "native":
+        return ADAM_IMPLS["fused"] if library == "flowlib" else ADAM_IMPLS["default"]
+    return ADAM_IMPLS[impl]
 
 
 def base_parser(description: str, repeats: int, steps: int, warmup: int, adam: bool = True) -> argparse.ArgumentParser:
@@ -45,8 +58,9 @@ def base_parser(description: str, repeats: int, steps: int, warmup: int, adam: b
     p.add_argument("--libs", type=str, default=None, help="comma-separated subset of libraries")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     if adam:
-        p.add_argument("--adam", choices=sorted(ADAM_IMPLS), default="default",
-                       help="torch.optim.Adam implementation, the same for every library (default: torch's choice)")
+        p.add_argument("--adam", choices=sorted(ADAM_IMPLS) + ["native"], default="native",
+                       help="torch.optim.Adam implementation: 'native' (default) is flowlib's trainer (fused) "
+                            "against the peers' torch default; any other is the same for every library")
     return p
 
 
@@ -119,6 +133,8 @@ def format_table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:
+    if data.get("adam_impl", "native") != "native":
+        name = f"{name}-adam-{data['adam_impl']}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
@@ -139,3 +155,10 @@ def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
     except (FileNotFoundError, ValueError, OSError):
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), "random uint8 (MNIST not found)"
+
+
+def describe_adam(impl: str) -> str:
+    """A phrase for the table headers: which Adam implementation each library used."""
+    if impl == "native":
+        return "native: flowlib's trainer uses fused Adam, the peers torch's default"
+    return f"{impl} implementation for every library"

@@ -5,8 +5,11 @@ Architecture (Dinh et al. 2014, section 5.1), built identically in every library
 coordinates -> 392 shifted ones), each with a ReLU MLP of 5 hidden layers of
 1000 units (last layer zero-initialised); a learned diagonal scaling
 ``z = exp(S) * h``. One training step: ``loss = -mean log p(x)`` on a batch of
-256 dequantized MNIST images in [0, 1), ``backward``, ``Adam.step`` (the same
-torch.optim.Adam settings for all), fp32.
+256 dequantized MNIST images in [0, 1), ``backward``, ``Adam.step`` (NICE's
+hyperparameters for all), fp32. By default (``--adam native``) flowlib steps
+with its trainer's optimizer (`flowlib.train.make_optimizer`, fused Adam) and
+the peers, which ship no trainer, with torch's default Adam; ``--adam fused``
+or ``--adam default`` gives every library the same implementation.
 
 How each peer expresses it (only their installed packages are used):
 
@@ -169,8 +172,8 @@ def make_batches(n_batches: int, batch: int) -> tuple[list[Tensor], str]:
     return list(x.split(batch)), source
 
 
-def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str = "default"):
-    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.ADAM_IMPLS[impl])
+def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str, library: str):
+    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.adam_kwargs(impl, library))
     state = {"i": 0}
 
     def step() -> None:
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in libs:
         models[name], loss_fn = BUILDERS[name](args.hidden)
         params[name] = common.count_params(models[name])
-        steps[name] = make_step(models[name], loss_fn, batches, args.adam)
+        steps[name] = make_step(models[name], loss_fn, batches, args.adam, name)
     with flowlib.value_checks(False):
         peak_before = common.matmul_peak(512 if args.quick else 2048)
         rates = common.interleaved(steps, args.batch, args.repeats, args.steps, args.warmup)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     flops = step_flops(args.batch, args.hidden)
 
     info = common.machine_info()
-    print(f"NICE training step, hidden {args.hidden}, batch {args.batch}, fp32, Adam{ADAM} ({args.adam} implementation, the same for all), torch threads {info['threads']}, data: {source}")
+    print(f"NICE training step, hidden {args.hidden}, batch {args.batch}, fp32, Adam{ADAM} ({common.describe_adam(args.adam)}), torch threads {info['threads']}, data: {source}")
     print(f"machine: {info['cpu']}, torch {info['torch']}; versions: {versions()}")
     print(f"matmul FLOPs per step (analytic): {flops / 1e9:.2f} GFLOP; measured fp32 mm peak: {peak:.1f} GFLOP/s")
     print(f"{args.repeats} interleaved rounds x {args.steps} steps, {args.warmup} warmup steps each\n")

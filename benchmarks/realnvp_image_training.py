@@ -188,8 +188,8 @@ def conv_flops(model: nn.Module, loss_fn, x: Tensor) -> int:
     return total
 
 
-def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str = "default"):
-    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.ADAM_IMPLS[impl])
+def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str, library: str):
+    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.adam_kwargs(impl, library))
     state = {"i": 0}
 
     def step() -> None:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         models[name], loss_fn = BUILDERS[name](shape, args.scales, args.hidden, args.blocks)
         params[name] = common.count_params(models[name])
         flops[name] = 3 * conv_flops(models[name], loss_fn, batches[0])  # fwd + bwd ~ 3x fwd
-        steps[name] = make_step(models[name], loss_fn, batches, args.adam)
+        steps[name] = make_step(models[name], loss_fn, batches, args.adam, name)
     with flowlib.value_checks(False):
         peak = common.matmul_peak(512 if args.quick else 2048)
         rates = common.interleaved(steps, args.batch, args.repeats, args.steps, args.warmup)
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = common.machine_info()
     config = dict(shape=shape, scales=args.scales, hidden_channels=args.hidden, num_blocks=args.blocks,
                   batch=args.batch, alpha=ALPHA)
-    print(f"RealNVP multi-scale training step, fp32, Adam{ADAM} ({args.adam} implementation, the same for all), torch threads {info['threads']}, data: {source}")
+    print(f"RealNVP multi-scale training step, fp32, Adam{ADAM} ({common.describe_adam(args.adam)}), torch threads {info['threads']}, data: {source}")
     print(f"config: {config}")
     print("architecture per scale: 3 checkerboard couplings, squeeze, 3 channel couplings, factor out half; "
           "final: 4 checkerboard couplings; one residual conv net per coupling for s and t (s = a tanh)")
