@@ -539,7 +539,8 @@ def run_or_load(config: TrainConfig, progress: bool = True) -> tuple[FlowModel, 
         mine = {k: v for k, v in _config_dict(config).items() if k in same}
         if same == mine and saved["epochs_done"] >= config.epochs:
             if progress:
-                print(f"Loaded the finished run in {out} (delete it to train again).")
+                shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+                print(f"Loaded the finished run in {shown} (delete it to train again).")
             model, _ = load_model(best, map_location=_resolve_device(config.device))
             return model, TrainResult(**saved)
     result = train(config, resume=ckpt.exists(), progress=progress)
