@@ -67,7 +67,7 @@ def train_and_test(name: str, train: Tensor, test: Tensor, args, seed: int) -> t
     """Train one model; return (test NLL in nats, seconds, parameter count)."""
     torch.manual_seed(seed)
     model, log_prob = BUILDERS[name](args.couplings, args.hidden, args.layers)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, **common.ADAM_IMPLS[args.adam])
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, **common.adam_kwargs(args.adam, name))
     order = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     model.train()

@@ -39,7 +39,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_hidden_layers):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
         out = nn.Linear(width, out_features)
         if zero_init:
