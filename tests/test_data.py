@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 import flowlib.data as data
 from flowlib.data import MNIST_FILES, batches, data_root, load_mnist, mnist_splits
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The verified copy: $FLOWLIB_DATA when set (CI sets it), else ../shared/data beside the repository.
+SHARED = Path(os.environ.get("FLOWLIB_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SHARED_RAW = SHARED / "MNIST" / "raw"
 needs_shared = pytest.mark.skipif(
     not all((SHARED_RAW / f).is_file() for fs in MNIST_FILES.values() for f in fs),
