@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "RESULTS", "ADAM_IMPLS", "adam_kwargs", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
+    "RESULTS", "ADAM_IMPLS", "adam_kwargs", "make_step", "describe_adam", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
     "format_table", "write_results", "count_params", "machine_info", "load_mnist_images",
 ]
 
@@ -155,6 +155,21 @@ def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
     except (FileNotFoundError, ValueError, OSError):
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), "random uint8 (MNIST not found)"
+
+
+def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: str, library: str):
+    """One training step (``loss_fn(x).backward()``, Adam step) cycling through ``batches``."""
+    opt = torch.optim.Adam(model.parameters(), **adam, **adam_kwargs(impl, library))
+    state = {"i": 0}
+
+    def step() -> None:
+        x = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x).backward()
+        opt.step()
+
+    return step
 
 
 def describe_adam(impl: str) -> str:

@@ -172,21 +172,6 @@ def make_batches(n_batches: int, batch: int) -> tuple[list[Tensor], str]:
     return list(x.split(batch)), source
 
 
-def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str, library: str):
-    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.adam_kwargs(impl, library))
-    state = {"i": 0}
-
-    def step() -> None:
-        x = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(x)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(__doc__.splitlines()[0], repeats=7, steps=4, warmup=2)
     p.add_argument("--batch", type=int, default=BATCH)
@@ -203,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in libs:
         models[name], loss_fn = BUILDERS[name](args.hidden)
         params[name] = common.count_params(models[name])
-        steps[name] = make_step(models[name], loss_fn, batches, args.adam, name)
+        steps[name] = common.make_step(models[name], loss_fn, batches, ADAM, args.adam, name)
     with flowlib.value_checks(False):
         peak_before = common.matmul_peak(512 if args.quick else 2048)
         rates = common.interleaved(steps, args.batch, args.repeats, args.steps, args.warmup)

@@ -188,20 +188,6 @@ def conv_flops(model: nn.Module, loss_fn, x: Tensor) -> int:
     return total
 
 
-def make_step(model: nn.Module, loss_fn, batches: list[Tensor], impl: str, library: str):
-    opt = torch.optim.Adam(model.parameters(), **ADAM, **common.adam_kwargs(impl, library))
-    state = {"i": 0}
-
-    def step() -> None:
-        x = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(__doc__.splitlines()[0], repeats=7, steps=3, warmup=2)
     p.add_argument("--batch", type=int, default=32, help="32 keeps a step near 0.5 s on 2 cores")
@@ -223,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         models[name], loss_fn = BUILDERS[name](shape, args.scales, args.hidden, args.blocks)
         params[name] = common.count_params(models[name])
         flops[name] = 3 * conv_flops(models[name], loss_fn, batches[0])  # fwd + bwd ~ 3x fwd
-        steps[name] = make_step(models[name], loss_fn, batches, args.adam, name)
+        steps[name] = common.make_step(models[name], loss_fn, batches, ADAM, args.adam, name)
     with flowlib.value_checks(False):
         peak = common.matmul_peak(512 if args.quick else 2048)
         rates = common.interleaved(steps, args.batch, args.repeats, args.steps, args.warmup)
