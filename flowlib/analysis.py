@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .conv1x1 import InvertibleConv1x1
 from .coupling import AffineCoupling
-from .data import batches
+from .data import batches, downscale
 from .flow import Flow, Sequential, value_checks
 from .jacobian import jacobian
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
@@ -270,16 +270,6 @@ def realnvp_image_single_scale(
 # ----------------------------------------------------------------------------
 # Data and training
 # ----------------------------------------------------------------------------
-
-
-def downscale(images: Tensor, factor: int = 2) -> Tensor:
-    """Average-pool ``(N, C, H, W)`` 8-bit images by ``factor`` and round back to ``uint8``.
-
-    >>> downscale(torch.tensor([[[[0, 255], [255, 255]]]], dtype=torch.uint8))
-    tensor([[[[191]]]], dtype=torch.uint8)
-    """
-    pooled = F.avg_pool2d(images.float(), factor)
-    return pooled.round().clamp(0, 255).to(torch.uint8)
 
 
 def evaluate_bpd(model: FlowModel, x: Tensor, batch_size: int = 500) -> float:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "load_mnist",
     "mnist_splits",
     "batches",
+    "downscale",
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -419,3 +421,13 @@ def batches(
                 yield x[order[start:end]]
 
     return _gen()
+
+
+def downscale(images: Tensor, factor: int = 2) -> Tensor:
+    """Average-pool ``(N, C, H, W)`` 8-bit images by ``factor`` and round back to ``uint8``.
+
+    >>> downscale(torch.tensor([[[[0, 255], [255, 255]]]], dtype=torch.uint8))
+    tensor([[[[191]]]], dtype=torch.uint8)
+    """
+    pooled = F.avg_pool2d(images.float(), factor)
+    return pooled.round().clamp(0, 255).to(torch.uint8)

@@ -22,7 +22,9 @@ __all__ = ["Prior", "StandardNormal", "StandardLogistic", "make_prior"]
 
 
 class Prior(nn.Module):
-    """A factorised distribution over ``(B, *event_shape)`` tensors."""
+    """A factorised distribution over ``(B, *event_shape)`` tensors; ``std`` is one dimension's standard deviation."""
+
+    std: float = 1.0
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Log-density summed over every non-batch axis: shape ``(B,)``."""
@@ -54,10 +56,13 @@ class StandardLogistic(Prior):
     """Standard logistic, :math:`p(z) = e^{-z} / (1 + e^{-z})^2`, per dimension.
 
     Heavier tails than the normal, which NICE found gives better gradients.
+    Its standard deviation is :math:`\\pi / \\sqrt 3`.
 
     >>> StandardLogistic().log_prob(torch.zeros(1, 2))
     tensor([-2.7726])
     """
+
+    std = math.pi / math.sqrt(3)
 
     def log_density(self, z: Tensor) -> Tensor:
         return -(F.softplus(z) + F.softplus(-z))

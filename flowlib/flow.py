@@ -21,9 +21,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Flow", "Sequential", "check_shape", "value_checks", "value_checks_enabled"]
+__all__ = [
+    "Flow", "Sequential", "check_shape", "value_checks", "value_checks_enabled",
+    "initialize_from_data", "data_init_enabled",
+]
 
 _VALUE_CHECKS = True
+_DATA_INIT = False
 
 
 def value_checks_enabled() -> bool:
@@ -47,6 +51,51 @@ def value_checks(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _VALUE_CHECKS = previous
+
+
+def data_init_enabled() -> bool:
+    """Whether the current forward pass is `initialize_from_data`'s (layers then set themselves from their input)."""
+    return _DATA_INIT
+
+
+@torch.no_grad()
+def initialize_from_data(model: nn.Module, x: Tensor) -> list[str]:
+    """Data-dependent initialisation: the one way a layer starts from the data.
+
+    Runs one forward pass of ``model`` on the batch ``x`` during which every
+    layer that can start from the data (those with an ``initialize(x)``
+    method and an ``initialized`` buffer: `~flowlib.normalization.ActNorm`,
+    `~flowlib.scaling.DiagonalScaling`) sets its parameters from the input
+    it receives, in order, so later layers see the output of already
+    initialised ones. A layer whose ``initialized`` flag is already set is
+    left alone; the flag is saved in the ``state_dict``, so a resumed run or
+    a second call changes nothing. Returns the names of the layers it set.
+    The trainer and `~flowlib.fit.fit` call it once on the first batch,
+    before any step.
+
+    >>> from flowlib.normalization import ActNorm
+    >>> layer = ActNorm(2)
+    >>> initialize_from_data(layer, torch.randn(256, 2) * 3 + 1), initialize_from_data(layer, torch.randn(8, 2))
+    ([''], [])
+    >>> z, _ = layer(torch.randn(256, 2) * 3 + 1)
+    >>> round(float(z.detach().std()), 1)
+    1.0
+    """
+    global _DATA_INIT
+    pending = [name for name, m in model.named_modules()
+               if hasattr(m, "initialize") and "initialized" in dict(m.named_buffers(recurse=False))
+               and not bool(m.initialized)]
+    if not pending:
+        return []
+    was_training, previous = model.training, _DATA_INIT
+    model.train()
+    _DATA_INIT = True
+    try:
+        model(x)
+    finally:
+        _DATA_INIT = previous
+        model.train(was_training)
+    return pending
 
 
 def check_shape(x: Tensor, event_shape: Sequence[int | None], name: str) -> None:

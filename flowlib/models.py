@@ -118,8 +118,9 @@ def nice(
         n_cond = int(mask.sum())
         net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers)
         layers.append(AdditiveCoupling(mask, net))
-    layers.append(DiagonalScaling(dim))
-    return FlowModel(Sequential(*layers), prior, (dim,))
+    prior_dist = make_prior(prior)
+    layers.append(DiagonalScaling(dim, init_std=prior_dist.std))
+    return FlowModel(Sequential(*layers), prior_dist, (dim,))
 
 
 def realnvp(

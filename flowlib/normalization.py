@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .flow import Flow
+from .flow import Flow, data_init_enabled
 
 __all__ = ["BatchNormFlow", "ActNorm"]
 
@@ -85,8 +85,14 @@ class BatchNormFlow(Flow):
 class ActNorm(Flow):
     """:math:`z = (x + b) \\odot e^{\\log s}` per channel, data-initialised.
 
-    >>> an = ActNorm(2)
-    >>> z, _ = an(torch.randn(64, 2) * 3 + 1)   # first call initialises
+    It starts as the identity; `~flowlib.flow.initialize_from_data` sets
+    ``b`` and ``s`` from a batch so that its output has zero mean and unit
+    variance per channel.
+
+    >>> from flowlib.flow import initialize_from_data
+    >>> an, x = ActNorm(2), torch.randn(64, 2) * 3 + 1
+    >>> _ = initialize_from_data(an, x)
+    >>> z, _ = an(x)
     >>> bool(z.mean(0).abs().max() < 1e-5), bool((z.std(0, unbiased=False) - 1).abs().max() < 1e-3)
     (True, True)
     """
@@ -100,7 +106,7 @@ class ActNorm(Flow):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set ``b = -mean``, ``s = 1 / std`` from a batch (done on the first forward)."""
+        """Set ``b = -mean``, ``s = 1 / std`` from a batch (`~flowlib.flow.initialize_from_data` calls it)."""
         dims, _ = _reduce_dims(x, self.num_features, "ActNorm")
         self.bias.copy_(-x.mean(dims))
         self.log_scale.copy_(-torch.log(x.std(dims, unbiased=False) + 1e-6))
@@ -108,7 +114,7 @@ class ActNorm(Flow):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _, pixels = _reduce_dims(x, self.num_features, "ActNorm")
-        if self.training and not self.initialized:
+        if data_init_enabled() and not self.initialized:
             self.initialize(x)
         z = (x + _per_feature(self.bias, x)) * _per_feature(torch.exp(self.log_scale), x)
         return z, (pixels * self.log_scale.sum()).expand(x.shape[0])

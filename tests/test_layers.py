@@ -23,6 +23,8 @@ from flowlib import (
     ReversePermutation, Sequential, Squeeze, alternating_mask, channel_mask, checkerboard_mask,
     half_mask, jacobian,
 )
+from flowlib.distributions import make_prior
+from flowlib.flow import initialize_from_data
 from flowlib.masks import is_channelwise
 from flowlib.reshape import squeeze, unsqueeze
 
@@ -64,7 +66,7 @@ def batchnorm(shape: tuple[int, ...]) -> tuple[nn.Module, Tensor]:
 
 def actnorm(shape: tuple[int, ...]) -> tuple[nn.Module, Tensor]:
     an = ActNorm(shape[0])
-    an(3 * torch.randn(16, *shape) - 2)  # data-dependent initialisation
+    initialize_from_data(an, 3 * torch.randn(16, *shape) - 2)
     return an, torch.randn(B, *shape)
 
 
@@ -421,6 +423,7 @@ def test_actnorm_data_dependent_init(shape):
     an = ActNorm(shape[0])
     assert not an.initialized
     x = 3 * torch.randn(32, *shape) - 2
+    assert initialize_from_data(an, x) == [""]
     z, _ = an(x)
     dims = [0] if len(shape) == 1 else [0, 2, 3]
     torch.testing.assert_close(z.mean(dims), torch.zeros(shape[0]), rtol=0, atol=1e-5)
@@ -428,14 +431,29 @@ def test_actnorm_data_dependent_init(shape):
     assert an.initialized and "initialized" in an.state_dict()
     bias = an.bias.detach().clone()
     an(5 * x + 7)  # later batches do not re-initialise
+    assert initialize_from_data(an, 5 * x + 7) == []  # nor does a second call (a resumed run)
     assert torch.equal(an.bias, bias)
 
 
-def test_actnorm_eval_mode_does_not_initialise():
-    an = ActNorm(3).eval()
+def test_actnorm_does_not_initialise_outside_the_hook():
+    an = ActNorm(3).train()
     x = torch.randn(4, 3)
     z, log_det = an(x)
     assert not an.initialized and torch.equal(z, x) and torch.equal(log_det, torch.zeros(4))
+
+
+@pytest.mark.parametrize("prior", ["normal", "logistic"])
+def test_diagonal_scaling_data_init_gives_the_prior_spread(prior):
+    """After the hook, each output's spread is the prior's: 1 for the normal, pi/sqrt(3) for the logistic."""
+    std = {"normal": 1.0, "logistic": math.pi / math.sqrt(3)}[prior]
+    layer = DiagonalScaling(5, init_std=make_prior(prior).std)
+    x = torch.randn(4096, 5) * torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0]) + 3
+    assert initialize_from_data(Sequential(layer), x) == ["flows.0"]
+    z, log_det = layer(x)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.full((5,), std), rtol=1e-4, atol=0)
+    # log|det| is the log of the volume change: sum of log(std_out / std_in).
+    expected = torch.log(std / x.std(0, unbiased=False)).sum()
+    torch.testing.assert_close(log_det, expected.expand(4096), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(4,), (4, 3, 2)])
