@@ -1,0 +1,316 @@
+"""One training step, one fit loop and one evaluation: maximum likelihood for every flow in the book.
+
+A flow model is fitted by minimising the negative log-likelihood of a batch,
+
+.. math:: \\mathcal L(\\theta) = -\\frac1B \\sum_{b=1}^{B}
+   \\Big[\\log p_Z(f_\\theta(x_b)) + \\log\\Big|\\det \\frac{\\partial f_\\theta}{\\partial x}(x_b)\\Big|\\Big],
+
+in nats per example (``unit="nats"``, the 2D toys) or divided by
+:math:`D \\ln 2` in bits per dimension (``unit="bpd"``, images; see
+`flowlib.metrics`). Everything that trains in the book goes through
+`train_step`: `fit` (chapters, playground), the command-line trainer
+`flowlib.train` and the benchmarks.
+
+Precision: with ``precision="bf16"`` the step runs under
+``torch.autocast(dtype=torch.bfloat16)``, which runs matrix multiplies and
+convolutions (the conditioner nets) in bfloat16 while element-wise
+arithmetic, the prior, the log-dets and the loss stay in float32. A coupling
+never inverts its net, so the flow stays exactly invertible and its log-det
+exact for the function it computes. ``"auto"`` picks bf16 on CUDA devices
+that support it and on CPUs with native bf16 instructions, fp32 elsewhere.
+
+>>> from flowlib.models import realnvp
+>>> model = realnvp(2, num_couplings=2, hidden=8)
+>>> result = fit(model, torch.randn(256, 2), steps=20, batch_size=64, unit="nats")
+>>> len(result.train_loss), result.steps
+(20, 20)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .data import batches
+from .flow import initialize_from_data, value_checks
+from .metrics import bits_per_dim
+
+__all__ = [
+    "PRECISIONS", "SCHEDULES", "UNITS", "resolve_precision", "autocast", "model_device", "loss_scale",
+    "make_optimizer", "learning_rate", "train_step", "FitResult", "fit", "Evaluation", "log_likelihood_sum",
+    "evaluate",
+]
+
+PRECISIONS = ("auto", "bf16", "fp32")
+SCHEDULES = ("constant", "cosine")
+UNITS = ("bpd", "nats")
+
+#: Seed of the dequantization noise during evaluation (fixed, so a model's score is reproducible
+#: and evaluating never moves the training run's random state).
+EVAL_SEED = 1234
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"bf16"`` or ``"fp32"``: what ``precision`` (``auto``, ``bf16``, ``fp32``) means on ``device``.
+
+    >>> resolve_precision("fp32", "cpu"), resolve_precision("bf16", "cpu")
+    ('fp32', 'bf16')
+    """
+    _check_choice("precision", precision, PRECISIONS)
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: its ``device`` attribute, else its first parameter or buffer, else the CPU."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def loss_scale(model: nn.Module, unit: str) -> float:
+    """The factor from nats per example to ``unit``: 1 for nats, :math:`1 / (D \\ln 2)` for bits/dim.
+
+    >>> from flowlib.models import realnvp
+    >>> round(loss_scale(realnvp(2), "bpd") * 2 * math.log(2), 12)
+    1.0
+    """
+    _check_choice("unit", unit, UNITS)
+    return 1.0 if unit == "nats" else float(bits_per_dim(-1.0, model.num_dims))
+
+
+def make_optimizer(
+    model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> torch.optim.Adam:
+    """Adam, as a fused kernel (one pass over memory per step instead of several; same arithmetic).
+
+    ``betas`` are today's decay rates (PyTorch, and Adam's final version). The
+    first arXiv versions of Adam wrote :math:`\\beta` for one minus the decay,
+    so NICE's "β2 = 0.01" means ``betas[1] = 0.99`` here.
+    """
+    if not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
+        raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                            fused=fused or None)
+
+
+def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant or cosine to 0.
+
+    A pure function of the step, so a resumed run follows the same schedule.
+
+    >>> learning_rate("cosine", 1.0, 0, 10), learning_rate("cosine", 1.0, 5, 10), learning_rate("constant", 0.1, 7, 10)
+    (1.0, 0.5, 0.1)
+    """
+    _check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "constant":
+        return lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, *, clip_grad: float | None = None,
+    unit: str = "bpd", precision: str = "fp32", net: nn.Module | None = None,
+) -> Tensor:
+    """One gradient step on the batch ``x``; returns the detached mean loss (no host sync).
+
+    ``net`` is what the forward pass runs through when it is not ``model``
+    itself (a `DistributedDataParallel` wrapper, whose ``forward`` returns
+    ``(z, log_det)``).
+    """
+    scale = loss_scale(model, unit)
+    with autocast(precision, x.device):
+        if net is None:
+            log_p = model.log_prob(x)
+        else:
+            z, log_det = net(x)
+            log_p = model.prior.log_prob(z.float()) + log_det.float()
+    loss = -log_p.float().mean() * scale
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the loss of every step, the validation curve, the test loss, the time."""
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_steps: list[int] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    test_loss: float | None = None
+    seconds: float = 0.0
+    steps: int = 0
+    unit: str = "bpd"
+
+
+def _batches_forever(data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    while True:
+        yield from batches(data, batch_size, generator=generator, drop_last=True)
+
+
+def fit(
+    model: nn.Module, train: Tensor, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+    clip_grad: float | None = 100.0, schedule: str = "constant", unit: str = "bpd",
+    valid: Tensor | None = None, test: Tensor | None = None, eval_every: int | None = None, seed: int = 0,
+    precision: str = "fp32", callback: Callable[[int, float], None] | None = None, callback_every: int = 50,
+) -> FitResult:
+    """Train ``model`` by maximum likelihood with Adam for ``steps`` mini-batches.
+
+    Batches come from `~flowlib.data.batches` (reshuffled every epoch by a
+    generator seeded with ``seed``) and move to the model's device, so the
+    data may stay on the CPU. Before the first step, layers that start from
+    the data do so (`~flowlib.flow.initialize_from_data`); value checks run
+    on the first batch only. ``valid`` is evaluated every ``eval_every``
+    steps (default: 5 times in all) and ``test`` once at the end, both with
+    `evaluate`. ``callback(step, mean loss since the last call)`` runs every
+    ``callback_every`` steps and after the last (progress bars, widgets).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if train.dim() < 2 or train.shape[0] < batch_size:
+        raise ValueError(f"train must have shape (N, ...) with N >= batch_size = {batch_size}, "
+                         f"got {tuple(train.shape)}")
+    _check_choice("unit", unit, UNITS)
+    device = model_device(model)
+    optimizer = make_optimizer(model, lr, betas, eps, weight_decay)
+    every = eval_every or max(1, steps // 5)
+    generator = torch.Generator().manual_seed(seed)
+    source = _batches_forever(train, batch_size, generator)
+    result = FitResult(unit=unit)
+    losses: list[Tensor] = []
+    reported = 0
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        x = next(source).to(device)
+        if step == 1:
+            initialize_from_data(model, x)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(schedule, lr, step - 1, steps)
+        with value_checks(step == 1):
+            losses.append(train_step(model, optimizer, x, clip_grad=clip_grad, unit=unit, precision=precision))
+        if callback is not None and (step % callback_every == 0 or step == steps):
+            callback(step, torch.stack(losses[reported:]).mean().item())
+            reported = step
+        if valid is not None and (step % every == 0 or step == steps):
+            result.valid_steps.append(step)
+            result.valid_loss.append(_in_unit(evaluate(model, valid, precision=precision), unit))
+            model.train()
+    result.train_loss = torch.stack(losses).tolist()
+    if test is not None:
+        result.test_loss = _in_unit(evaluate(model, test, precision=precision), unit)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    result.steps = steps
+    return result
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Mean negative log-likelihood of ``count`` examples, in nats per example and bits per dimension."""
+
+    nats: float
+    bpd: float
+    count: int
+
+
+def _in_unit(e: Evaluation, unit: str) -> float:
+    return e.bpd if unit == "bpd" else e.nats
+
+
+@contextmanager
+def _evaluation_noise(device: torch.device, seed: int) -> Iterator[None]:
+    """Fixed dequantization noise during evaluation; the caller's random state is restored after."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def log_likelihood_sum(
+    model: nn.Module, data: Tensor, batch_size: int = 1000, precision: str = "fp32", seed: int = EVAL_SEED,
+) -> Tensor:
+    """:math:`\\sum_n \\log p(x_n)` over ``data`` in nats, as a float64 scalar on the model's device.
+
+    Runs in eval mode, in batches moved to the model's device, with the
+    dequantization noise drawn from a fixed seed (so the same model always
+    gets the same score) and the caller's random state left untouched. The
+    trainer sums shards with it across processes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        with _evaluation_noise(device, seed):
+            for start in range(0, data.shape[0], batch_size):
+                x = data[start:start + batch_size].to(device)
+                with autocast(precision, device):
+                    total += model.log_prob(x).double().sum()
+    finally:
+        model.train(was_training)
+    return total
+
+
+def evaluate(model: nn.Module, data: Tensor, batch_size: int = 1000, precision: str = "fp32") -> Evaluation:
+    """Mean negative log-likelihood of ``model`` on ``data``: nats per example and bits per dimension.
+
+    >>> from flowlib.models import FlowModel
+    >>> from flowlib.scaling import DiagonalScaling
+    >>> e = evaluate(FlowModel(DiagonalScaling(1), "normal", (1,)), torch.zeros(10, 1))
+    >>> round(e.nats, 4), round(e.nats, 4) == round(0.5 * math.log(2 * math.pi), 4), e.count
+    (0.9189, True, 10)
+    """
+    if data.dim() < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
+    nats = -log_likelihood_sum(model, data, batch_size, precision).item() / data.shape[0]
+    return Evaluation(nats=nats, bpd=float(bits_per_dim(-nats, model.num_dims)), count=data.shape[0])
