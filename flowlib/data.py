@@ -8,8 +8,9 @@ Where the files live
 
     This is torchvision's layout, so an existing torchvision download works.
     :func:`data_root` picks ``<root>``: ``$FLOWLIB_DATA`` when set, otherwise
-    the first existing of ``<repo>/data`` and ``<repo>/../shared/data``,
-    otherwise ``<repo>/data`` (where downloads go).
+    whichever of ``<repo>/data`` and ``<repo>/../shared/data`` holds the most
+    MNIST files (an existing but empty folder never shadows one that holds
+    the files), otherwise ``<repo>/data`` (where downloads go).
 
 Verification
     Every file's IDX header is checked (magic number 2051 for images, 2049
@@ -17,7 +18,10 @@ Verification
     *decompressed* bytes is compared with the reference value. Hashing the
     decompressed bytes makes the check independent of how the archive was
     gzipped. A corrupt or truncated file raises :class:`ValueError` naming the
-    file and asking to delete it and download it again.
+    file and asking to delete it and download it again; a file that cannot be
+    read for lack of permission raises :class:`PermissionError` saying so.
+    Decompression stops after 47,040,016 bytes (the largest MNIST file), so a
+    gzip bomb is cut off before it fills the memory.
 
 Caching
     After a successful verification the decoded tensors are stored in
@@ -27,10 +31,14 @@ Caching
     decompressing. On a read-only data folder nothing is cached.
 
 Downloading
-    Missing files are fetched (10 s timeout per attempt) from the usual
-    mirrors into a temporary file, verified, and atomically renamed into
-    place. Without network, :class:`FileNotFoundError` says which files are
-    needed and the full path where to put them.
+    Missing files are streamed from the usual mirrors into memory, at most
+    16 MiB per file (the largest archive is 9.9 MB), within 10 s per network
+    read and 300 s in all per file (a server trickling bytes is cut off),
+    verified, and only then written (atomically) into place. Folders are
+    created only when a verified file is written, and removed again if that
+    write fails, so a failed download leaves nothing behind. Without
+    network, :class:`FileNotFoundError` says which files are needed, the
+    full path where to put them, and why each mirror failed.
 
 Mini-batches
     :func:`batches` yields in-memory mini-batches by index; it is all a
@@ -42,13 +50,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import io
 import os
 import struct
 import tempfile
+import time
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +102,16 @@ MNIST_MIRRORS: tuple[str, ...] = (
 _COUNTS = {"train": 60000, "test": 10000}
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
 _ROWS = _COLS = 28
+
+#: Seconds one network read (and the connection) may take.
 _TIMEOUT_S = 10.0
+#: Seconds one file's whole download may take, however the bytes trickle in.
+_DEADLINE_S = 300.0
+#: Largest download accepted (the largest archive, train images, is 9,912,422 bytes).
+_MAX_DOWNLOAD_BYTES = 16 * 2**20
+#: Largest decompressed file accepted: train images, 16 + 60000 * 28 * 28 bytes.
+_MAX_DECOMPRESSED_BYTES = 47_040_016
+_CHUNK = 1 << 16
 
 
 # ----------------------------------------------------------------------------
@@ -100,21 +120,32 @@ _TIMEOUT_S = 10.0
 
 
 def data_root() -> Path:
-    """The data root: ``$FLOWLIB_DATA``, else an existing default folder.
+    """The data root: ``$FLOWLIB_DATA``, else the default folder holding the data.
 
-    Order: ``$FLOWLIB_DATA`` if set (even if it does not exist yet), then the
-    first existing of ``<repo>/data`` and ``<repo>/../shared/data``, and
-    finally ``<repo>/data``, where downloads go. ``<repo>`` is the folder
-    that contains the ``flowlib`` package.
+    Order: ``$FLOWLIB_DATA`` if set (even if it does not exist yet); else,
+    of ``<repo>/data`` and ``<repo>/../shared/data``, the one holding the
+    most MNIST files (raw archives and decoded caches), ties going to the
+    first existing one, so an empty folder never shadows a filled one; and
+    when neither exists, ``<repo>/data``, where downloads go. ``<repo>`` is
+    the folder that contains the ``flowlib`` package.
     """
     env = os.environ.get("FLOWLIB_DATA")
     if env:
         return Path(env).expanduser()
     candidates = [_REPO / "data", _REPO.parent / "shared" / "data"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
+    # max() keeps the first of equal keys: the order above breaks ties.
+    return max(candidates, key=lambda c: (_count_mnist_files(c), c.is_dir()))
+
+
+def _count_mnist_files(root: Path) -> int:
+    """How many MNIST raw archives and decoded caches ``root`` holds (0 if unreadable)."""
+    raw = root / "MNIST" / "raw"
+    paths = [raw / n for pair in MNIST_FILES.values() for n in pair]
+    paths += [_cache_path(raw, split) for split in MNIST_FILES]
+    try:
+        return sum(p.is_file() for p in paths)
+    except OSError:
+        return 0
 
 
 def mnist_dir(root: str | Path | None = None) -> Path:
@@ -135,43 +166,86 @@ def _fix_hint(path: Path) -> str:
     )
 
 
-def _decompress(path: Path) -> bytes:
+class _TooLarge(ValueError):
+    """Data larger than any MNIST file: cut off, never read to the end."""
+
+
+def _gunzip(fileobj: BinaryIO, limit: int) -> bytes:
+    """Decompress a gzip stream, holding at most ``limit + 1`` decompressed bytes.
+
+    Raises `_TooLarge` as soon as the output passes ``limit`` bytes (a gzip
+    bomb stops there), and the gzip module's errors (``OSError``,
+    ``EOFError``, ``zlib.error``) on a corrupt or truncated stream.
+    """
+    out = bytearray()
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as g:
+        while chunk := g.read(min(_CHUNK, limit + 1 - len(out))):
+            out += chunk
+            if len(out) > limit:
+                raise _TooLarge(
+                    f"it decompresses to more than {limit:,} bytes, more than the largest "
+                    f"MNIST file (a gzip bomb?); decompression was stopped there"
+                )
+    return bytes(out)
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    """``open(path, "rb")``, with a lack of permission reported as such (not as corruption)."""
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(
-            f"MNIST file {path} is corrupt or truncated (gzip error: {e}). "
-            + _fix_hint(path)
+        return open(path, "rb")
+    except PermissionError as e:
+        raise PermissionError(
+            e.errno,
+            f"Cannot read MNIST file {path}: permission denied. The file may be fine; give "
+            f"your user read access to it (e.g. chmod u+r), or set $FLOWLIB_DATA to a folder "
+            f"with a copy you can read",
+            str(path),
         ) from e
+
+
+def _decompress(path: Path) -> bytes:
+    with _open_for_reading(path) as f:
+        try:
+            return _gunzip(f, _MAX_DECOMPRESSED_BYTES)
+        except _TooLarge as e:
+            raise ValueError(f"MNIST file {path} is corrupt: {e}. " + _fix_hint(path)) from e
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(
+                f"MNIST file {path} is corrupt or truncated (gzip error: {e}). " + _fix_hint(path)
+            ) from e
 
 
 def _decode(raw: bytes, name: str, split: str, path: Path) -> Tensor:
     """Check the IDX header, size and md5 of decompressed bytes; decode them."""
+    try:
+        return _decode_idx(raw, name, split)
+    except ValueError as e:
+        raise ValueError(f"MNIST file {path} is corrupt or truncated: {e}. " + _fix_hint(path)) from e
+
+
+def _decode_idx(raw: bytes, name: str, split: str) -> Tensor:
+    """The tensor in IDX bytes ``raw``; ``ValueError(why)`` unless header, size and md5 match."""
     is_images = "images" in name
     magic = _IMAGE_MAGIC if is_images else _LABEL_MAGIC
     count = _COUNTS[split]
     header_len = 16 if is_images else 8
     item = _ROWS * _COLS if is_images else 1
 
-    def bad(why: str) -> ValueError:
-        return ValueError(f"MNIST file {path} is corrupt or truncated: {why}. " + _fix_hint(path))
-
     if len(raw) < header_len:
-        raise bad(f"only {len(raw)} bytes, shorter than the {header_len}-byte IDX header")
+        raise ValueError(f"only {len(raw)} bytes, shorter than the {header_len}-byte IDX header")
     fields = struct.unpack(">" + "I" * (header_len // 4), raw[:header_len])
     if fields[0] != magic:
-        raise bad(f"IDX magic number is {fields[0]}, expected {magic}")
+        raise ValueError(f"IDX magic number is {fields[0]}, expected {magic}")
     if fields[1] != count:
-        raise bad(f"header says {fields[1]} items, expected {count}")
+        raise ValueError(f"header says {fields[1]} items, expected {count}")
     if is_images and (fields[2], fields[3]) != (_ROWS, _COLS):
-        raise bad(f"images are {fields[2]}x{fields[3]}, expected {_ROWS}x{_COLS}")
+        raise ValueError(f"images are {fields[2]}x{fields[3]}, expected {_ROWS}x{_COLS}")
     expected_len = header_len + count * item
     if len(raw) != expected_len:
-        raise bad(f"{len(raw)} bytes after decompression, expected {expected_len}")
+        raise ValueError(f"{len(raw)} bytes after decompression, expected {expected_len}")
     digest = hashlib.md5(raw).hexdigest()
     if digest != MNIST_MD5[name]:
-        raise bad(f"md5 of the decompressed data is {digest}, expected {MNIST_MD5[name]}")
+        raise ValueError(f"md5 of the decompressed data is {digest}, expected {MNIST_MD5[name]}")
 
     data = torch.frombuffer(bytearray(raw[header_len:]), dtype=torch.uint8)
     if is_images:
@@ -251,29 +325,97 @@ def _save_cache(path: Path, images: Tensor, labels: Tensor) -> None:
 # ----------------------------------------------------------------------------
 
 
-def _download(name: str, split: str, dest: Path) -> None:
-    """Fetch ``name`` from the mirrors, verify it, move it to ``dest``.
+def _fetch(url: str) -> bytes:
+    """The bytes at ``url``, streamed with a size cap and a total deadline.
 
-    Raises OSError (with every mirror's error) when no mirror delivers a
-    verified file.
+    Raises ``_TooLarge`` past ``_MAX_DOWNLOAD_BYTES`` (announced by
+    ``Content-Length`` or counted while reading) and ``TimeoutError`` once
+    ``_DEADLINE_S`` seconds have passed; each read waits at most
+    ``_TIMEOUT_S`` seconds, so a trickling server is cut off at the latest
+    one read timeout after the deadline.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _DEADLINE_S
+    limit = _MAX_DOWNLOAD_BYTES
+    with urllib.request.urlopen(url, timeout=min(_TIMEOUT_S, _DEADLINE_S)) as r:
+        declared = (r.headers.get("Content-Length") or "").strip() if r.headers else ""
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(f"the server announces {int(declared):,} bytes, more than the {limit:,} accepted")
+        read = getattr(r, "read1", r.read)  # read1: whatever has arrived, without waiting for a full chunk
+        body = bytearray()
+        while chunk := read(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise _TooLarge(f"download passed {limit:,} bytes, more than any MNIST archive; stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"download not complete after the {_DEADLINE_S:g} s deadline "
+                    f"({len(body):,} bytes received); stopped"
+                )
+    return bytes(body)
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty; stop at the first that is not."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _write_atomically(dest: Path, body: bytes) -> None:
+    """Write ``body`` to ``dest`` through a temporary file and a rename.
+
+    Creates ``dest``'s folder only now, and removes the folders it created
+    when the write fails, so a failure leaves no empty folder behind.
+    """
+    created = _missing_dirs(dest.parent)
+    tmp: Path | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, dest)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _remove_empty_dirs(created)
+        raise
+
+
+def _download(name: str, split: str, dest: Path) -> None:
+    """Fetch ``name`` from the mirrors, verify it in memory, then write it to ``dest``.
+
+    Nothing is written, and no folder created, unless a mirror delivered a
+    verified file. Raises OSError (with every mirror's error) when none did,
+    or when writing the verified file failed.
+    """
     errors = []
     for base in MNIST_MIRRORS:
         url = base + name
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=name, suffix=".part")
-        tmp_path = Path(tmp)
         try:
-            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as r:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-            _read_verified(tmp_path, name, split)
-            os.replace(tmp_path, dest)
-            return
-        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+            body = _fetch(url)
+            _decode_idx(_gunzip(io.BytesIO(body), _MAX_DECOMPRESSED_BYTES), name, split)
+        except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as e:
+            # URLError and timeouts are OSErrors; a cut connection is an HTTPException
             errors.append(f"{url}: {e}")
-        finally:
-            tmp_path.unlink(missing_ok=True)
+            continue
+        try:
+            _write_atomically(dest, body)
+        except OSError as e:
+            raise OSError(f"downloaded and verified from {url}, but writing {dest} failed: {e}") from e
+        return
     raise OSError("; ".join(errors))
 
 

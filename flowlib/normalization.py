@@ -13,6 +13,11 @@ Both are per-feature (per-channel on images) affine maps
 * `ActNorm` (Glow section 3.1): :math:`\\mu, \\sigma` are learned parameters,
   initialised from the first batch so that its output has zero mean and unit
   variance per channel (data-dependent initialisation).
+
+Both need a non-empty batch (the statistics of an empty batch are NaN), and
+ActNorm's initialisation at least two values per feature (one value has no
+spread to divide by); both raise a ValueError otherwise, before any
+statistic or parameter changes.
 """
 
 from __future__ import annotations
@@ -26,10 +31,20 @@ __all__ = ["BatchNormFlow", "ActNorm"]
 
 
 def _reduce_dims(x: Tensor, num_features: int, name: str) -> tuple[list[int], int]:
+    """The dims to reduce over for per-feature statistics, and the pixels per feature.
+
+    Raises a ValueError unless ``x`` is ``(B, F)`` or ``(B, F, H, W)`` with
+    ``F = num_features`` and ``B >= 1``.
+    """
     if x.dim() not in (2, 4) or x.shape[1] != num_features:
         raise ValueError(
             f"{name} expects input of shape (B, {num_features}) or (B, {num_features}, H, W), "
             f"got {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"{name} expects a batch of at least one example (B >= 1) of shape (B, {num_features}) "
+            f"or (B, {num_features}, H, W); got an empty batch of shape {tuple(x.shape)}"
         )
     if x.dim() == 2:
         return [0], 1
@@ -42,6 +57,22 @@ def _per_feature(v: Tensor, x: Tensor) -> Tensor:
 
 class BatchNormFlow(Flow):
     """Batch normalisation with its log-determinant counted.
+
+    Per feature :math:`c`,
+    :math:`z = (x - \\mu_c) / \\sqrt{\\sigma_c^2 + \\epsilon} \\cdot e^{\\gamma_c} + \\beta_c`,
+    so :math:`\\log|\\det J| = H W \\sum_c \\big(\\gamma_c - \\tfrac12 \\log(\\sigma_c^2 + \\epsilon)\\big)`
+    (:math:`H W = 1` for vectors). In training :math:`\\mu, \\sigma^2` are the
+    batch's statistics, treated as constants in the log-det, and update the
+    running averages (``momentum``); in eval mode and in ``inverse`` the
+    running averages are used. RealNVP section 3.7 uses batch normalisation
+    this way, as a layer of the flow whose rescaling enters the Jacobian
+    (its appendix E describes a variant with running averages in training).
+
+    Reference: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using
+    Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803);
+    batch normalisation itself: S. Ioffe, C. Szegedy, "Batch Normalization:
+    Accelerating Deep Network Training by Reducing Internal Covariate Shift",
+    ICML 2015, arXiv:1502.03167 (https://arxiv.org/abs/1502.03167).
 
     >>> bn = BatchNormFlow(2).eval()
     >>> z, log_det = bn(torch.ones(3, 2))
@@ -85,9 +116,16 @@ class BatchNormFlow(Flow):
 class ActNorm(Flow):
     """:math:`z = (x + b) \\odot e^{\\log s}` per channel, data-initialised.
 
-    It starts as the identity; `~flowlib.flow.initialize_from_data` sets
-    ``b`` and ``s`` from a batch so that its output has zero mean and unit
-    variance per channel.
+    :math:`\\log|\\det J| = H W \\sum_c \\log s_c` (:math:`H W = 1` for
+    vectors). It starts as the identity; `~flowlib.flow.initialize_from_data`
+    sets ``b`` and ``s`` from a batch so that its output has zero mean and
+    unit variance per channel (:math:`b = -\\mu`,
+    :math:`s = 1 / (\\sigma + 10^{-6})`), which needs at least two values per
+    channel (``B * H * W >= 2``).
+
+    Reference: D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with
+    Invertible 1x1 Convolutions", NeurIPS 2018, arXiv:1807.03039
+    (https://arxiv.org/abs/1807.03039), section 3.1.
 
     >>> from flowlib.flow import initialize_from_data
     >>> an, x = ActNorm(2), torch.randn(64, 2) * 3 + 1
@@ -106,8 +144,20 @@ class ActNorm(Flow):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set ``b = -mean``, ``s = 1 / std`` from a batch (`~flowlib.flow.initialize_from_data` calls it)."""
-        dims, _ = _reduce_dims(x, self.num_features, "ActNorm")
+        """Set ``b = -mean``, ``s = 1 / std`` from a batch (`~flowlib.flow.initialize_from_data` calls it).
+
+        Raises a ValueError, changing nothing, when the batch holds fewer than
+        two values per feature (its standard deviation would be 0, and the
+        scale :math:`10^6`).
+        """
+        dims, pixels = _reduce_dims(x, self.num_features, "ActNorm")
+        values = x.shape[0] * pixels
+        if values < 2:
+            raise ValueError(
+                f"ActNorm's data-dependent initialisation needs at least 2 values per feature to "
+                f"estimate a standard deviation (B * H * W >= 2); got {values} from input of shape "
+                f"{tuple(x.shape)}. Initialise from a batch of several examples."
+            )
         self.bias.copy_(-x.mean(dims))
         self.log_scale.copy_(-torch.log(x.std(dims, unbiased=False) + 1e-6))
         self.initialized.fill_(True)

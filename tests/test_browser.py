@@ -1,7 +1,8 @@
 """The book in a real browser: JupyterLab and headless Chromium on chapter 2's playground.
 
-What a reader does, done by a script. The test starts JupyterLab (loopback,
-no token) on a temporary copy of ``chapters/``, opens the chapter with the
+What a reader does, done by a script. The test starts JupyterLab on a
+temporary copy of ``chapters/``, listening on 127.0.0.1 only and requiring a
+random token (new for every run), opens (with the token) the chapter with the
 2D-density playground, runs Run > Run All Cells, changes the toy density and
 the number of training steps, presses Train and waits for the fit. It fails if
 
@@ -20,7 +21,21 @@ settings, workspace and IPython folders, so nothing is written to the
 repository or the home folder; it is stopped with its kernels even when the
 test fails.
 
-A screenshot of the trained playground goes to ``figures/browser-playground.png`` (or ``$FLOWLIB_FIGURES``).
+Authentication: jupyter_server 2 reads the token from
+``IdentityProvider.token`` (``ServerApp.token`` is its deprecated alias) and,
+when that is not configured, from ``$JUPYTER_TOKEN``; an empty token turns
+authentication off. The tests pass a fresh ``secrets.token_hex`` through
+``$JUPYTER_TOKEN`` rather than on the command line, where any local user
+could read it in the process list, and check, while the server runs, that a
+request without it (or with a wrong one) is refused (403, or a redirect to
+the login page), that one with it is accepted, and that the server listens
+on 127.0.0.1 only. ``test_server_requires_a_token`` does these checks
+without a browser.
+
+A screenshot of the trained playground goes to ``$FLOWLIB_FIGURES`` when set,
+else to the test's temporary folder, never into the tracked ``figures/``; the
+kernel gets the same ``$FLOWLIB_FIGURES``, so the chapter's own figures do
+not land there either.
 
 It needs Chromium and its driver from the system packages
 (``/usr/bin/chromium`` and ``/usr/bin/chromedriver``; Debian:
@@ -31,27 +46,30 @@ Selenium Manager is never asked for one.
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from flowlib.book import figure_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 CHAPTER = "02-additive-coupling.ipynb"
-SCREENSHOT = figure_path("browser-playground.png")
+SCREENSHOT_NAME = "browser-playground.png"
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -80,7 +98,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)), reason=INSTALL_HINT,
 )
 
@@ -125,14 +143,81 @@ def _write_settings(settings: Path) -> None:
     path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
 
 
-@contextmanager
-def jupyterlab(root: Path, state: Path) -> Iterator[str]:
-    """Run JupyterLab on ``root`` at ``http://127.0.0.1:<free port>``; yields the base URL.
+@dataclass(frozen=True)
+class Server:
+    """A running JupyterLab: its base URL (no trailing slash) and its token."""
 
-    Config, runtime, settings, workspaces, data and IPython folders live under
-    ``state``, so nothing is written to the repository or the home folder.
-    The server, its kernels and anything else it started are stopped on exit,
-    also when the test failed.
+    url: str
+    token: str
+
+    def authorized(self, path: str) -> str:
+        """The URL of ``path`` with the token in the query, as a reader's browser opens it."""
+        return f"{self.url}{path}{'&' if '?' in path else '?'}token={self.token}"
+
+
+def _get(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, str]:
+    """``(status, Location header)`` of a GET, redirects not followed."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            # the kernel prints each 32-bit word of the address in host (little-endian) order
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+            found.add(str(ipaddress.ip_address(raw[:width])))
+    return found
+
+
+def check_requires_token(server: Server) -> None:
+    """Assert the running ``server`` refuses requests without its token and listens on loopback only."""
+    for path in ("/api/status", "/api/contents", "/api/kernels"):
+        status, _ = _get(server.url + path)
+        assert status == 403, f"GET {path} without the token answered {status}, expected 403"
+        status, _ = _get(server.url + path, {"Authorization": "token " + secrets.token_hex(24)})
+        assert status == 403, f"GET {path} with a wrong token answered {status}, expected 403"
+    for path in ("/lab", f"/lab/tree/{CHAPTER}"):
+        status, location = _get(server.url + path)
+        assert status in (302, 303) and "/login" in location, (
+            f"GET {path} without the token answered {status} {location!r}, expected a redirect to /login")
+    status, _ = _get(server.authorized("/api/status"))
+    assert status == 200, f"GET /api/status with the token answered {status}, expected 200"
+    status, _ = _get(server.url + "/api/status", {"Authorization": f"token {server.token}"})
+    assert status == 200, f"GET /api/status with the token in the header answered {status}, expected 200"
+    port = urlsplit(server.url).port
+    addresses = _listening_addresses(port)
+    if addresses:  # empty where /proc/net is not there to read
+        assert addresses == {"127.0.0.1"}, f"the server listens on {sorted(addresses)}, expected 127.0.0.1 only"
+
+
+@contextmanager
+def jupyterlab(root: Path, state: Path, figures: Path) -> Iterator[Server]:
+    """Run JupyterLab on ``root`` at ``http://127.0.0.1:<free port>`` behind a fresh token.
+
+    Yields the `Server` (base URL and token) once it answers an authorised
+    request. Config, runtime, settings, workspaces, data and IPython folders
+    live under ``state`` and the kernel's figures go to ``figures``, so
+    nothing is written to the repository or the home folder. The server, its
+    kernels and anything else it started are stopped on exit, also when the
+    test failed.
     """
     dirs = {name: state / name for name in ("config", "runtime", "settings", "workspaces", "data", "ipython")}
     for d in dirs.values():
@@ -140,8 +225,11 @@ def jupyterlab(root: Path, state: Path) -> Iterator[str]:
     _write_settings(dirs["settings"])
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend, as a reader gets it
+    env.pop("JUPYTER_TOKEN_FILE", None)
+    token = secrets.token_hex(24)
     env.update(
-        FLOWLIB_QUICK="1", PYTHONUNBUFFERED="1",
+        JUPYTER_TOKEN=token,  # in the environment, not in argv, where other users could read it
+        FLOWLIB_QUICK="1", PYTHONUNBUFFERED="1", FLOWLIB_FIGURES=str(figures),
         JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
         JUPYTER_DATA_DIR=str(dirs["data"]), JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
         JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]), IPYTHONDIR=str(dirs["ipython"]),
@@ -149,13 +237,12 @@ def jupyterlab(root: Path, state: Path) -> Iterator[str]:
     port = _free_port()
     cmd = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
-        "--ServerApp.password=", f"--ServerApp.root_dir={root}",
+        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log_path = state / "jupyterlab.log"
-    url = f"http://127.0.0.1:{port}"
+    server = Server(f"http://127.0.0.1:{port}", token)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -166,16 +253,15 @@ def jupyterlab(root: Path, state: Path) -> Iterator[str]:
             if proc.poll() is not None:
                 raise RuntimeError(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{url}/api/status", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
+                if _get(f"{server.url}/api/status", {"Authorization": f"token {token}"}, timeout=2)[0] == 200:
+                    break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"JupyterLab did not answer in {SERVER_START_TIMEOUT} s:\n"
+                raise RuntimeError(f"JupyterLab did not accept its token in {SERVER_START_TIMEOUT} s:\n"
                                    f"{log_path.read_text()}")
             time.sleep(0.3)
-        yield url
+        yield server
     finally:
         started.update(_descendants(proc.pid))
         if proc.poll() is None:
@@ -304,9 +390,9 @@ def _run_all(driver: Any) -> None:
     item.click()
 
 
-def check_playground_chapter(driver: Any, url: str, notebook: str, screenshot: Path) -> None:
-    """Open ``notebook`` in JupyterLab at ``url``, run it, use the playground; assert it all works."""
-    driver.get(f"{url}/lab/tree/{notebook}")
+def check_playground_chapter(driver: Any, server: Server, notebook: str, screenshot: Path) -> None:
+    """Open ``notebook`` in JupyterLab at ``server`` (with its token), run it, use the playground; assert it all works."""
+    driver.get(server.authorized(f"/lab/tree/{notebook}"))
     _wait(driver, PAGE_TIMEOUT, "the notebook to open", lambda d: d.find_elements(
         By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-CodeCell"))
     _wait(driver, PAGE_TIMEOUT, "the kernel to start", lambda d: d.execute_script(_KERNEL_READY_JS))
@@ -377,11 +463,32 @@ def check_playground_chapter(driver: Any, url: str, notebook: str, screenshot: P
 # ----------------------------------------------------------------------------- the test
 
 
+def _scratch_figures(tmp_path: Path) -> Path:
+    """``$FLOWLIB_FIGURES`` when set, else a folder in ``tmp_path``: never the tracked ``figures/``."""
+    folder = Path(os.environ.get("FLOWLIB_FIGURES") or tmp_path / "figures")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_server_requires_a_token(tmp_path: Path) -> None:
+    """The server the browser test drives refuses requests without its token (no browser needed)."""
+    pytest.importorskip("jupyterlab", reason="needs jupyterlab (pip install -r requirements.txt)")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / CHAPTER).write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    with jupyterlab(root, tmp_path / "state", tmp_path / "figures") as server:
+        assert len(server.token) >= 32
+        check_requires_token(server)
+
+
+@needs_chromium
 def test_playground_in_jupyterlab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notebook = CHAPTERS / CHAPTER
     assert notebook.exists(), f"{notebook} is missing"
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager is skipped anyway (explicit driver)
     root = tmp_path / "chapters"
     shutil.copytree(CHAPTERS, root)  # the stored notebooks stay as they are
-    with jupyterlab(root, tmp_path / "state") as url, chromium(tmp_path / "profile") as driver:
-        check_playground_chapter(driver, url, CHAPTER, SCREENSHOT)
+    figures = _scratch_figures(tmp_path)
+    with jupyterlab(root, tmp_path / "state", figures) as server, chromium(tmp_path / "profile") as driver:
+        check_requires_token(server)
+        check_playground_chapter(driver, server, CHAPTER, figures / SCREENSHOT_NAME)

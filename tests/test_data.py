@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import gzip
+import http.server
 import os
 import shutil
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,10 +78,16 @@ def test_data_root(monkeypatch, tmp_path):
     assert data_root() == tmp_path / "x"
     monkeypatch.delenv("FLOWLIB_DATA")
     repo = Path(data.__file__).resolve().parent.parent
-    expected = repo / "data"
-    if not expected.is_dir() and (repo.parent / "shared" / "data").is_dir():
-        expected = repo.parent / "shared" / "data"
-    assert data_root() == expected
+
+    def holds_mnist(root: Path) -> bool:
+        return all((root / "MNIST" / "raw" / f).is_file() for fs in MNIST_FILES.values() for f in fs)
+
+    # The folder holding the files wins (the repository's first); the
+    # hermetic test below covers the other cases.
+    for expected in (repo / "data", repo.parent / "shared" / "data"):
+        if holds_mnist(expected):
+            assert data_root() == expected
+            break
 
 
 @needs_shared
@@ -188,6 +201,233 @@ def test_download_verifies_and_caches(tmp_path, monkeypatch):
     caches[0].write_bytes(b"garbage")
     with pytest.raises(FileNotFoundError):
         load_mnist("test", root=root, download=False)
+
+
+# ---------------------------------------------------------------- where the data lives
+
+
+def _fake_raw(root: Path, names: tuple[str, ...] = tuple(n for p in MNIST_FILES.values() for n in p)) -> Path:
+    """``root/MNIST/raw`` holding placeholder files named like MNIST's (content irrelevant here)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (raw / n).write_bytes(b"placeholder")
+    return raw
+
+
+def test_empty_repo_folder_does_not_shadow_the_shared_copy(tmp_path, monkeypatch):
+    # A failed download of old left an empty <repo>/data/MNIST/raw behind; the
+    # shared copy beside the repository must still be found.
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
+    repo, shared = tmp_path / "repo", tmp_path / "shared" / "data"
+    (repo / "data" / "MNIST" / "raw").mkdir(parents=True)
+    _fake_raw(shared)
+    monkeypatch.setattr(data, "_REPO", repo)
+    assert data_root() == shared
+    # A repository folder that really holds the files still comes first on a tie ...
+    _fake_raw(repo / "data")
+    assert data_root() == repo / "data"
+    # ... and neither existing means <repo>/data, where downloads go.
+    monkeypatch.setattr(data, "_REPO", tmp_path / "elsewhere" / "repo")
+    assert data_root() == tmp_path / "elsewhere" / "repo" / "data"
+
+
+def test_failed_download_creates_no_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setattr(data, "_REPO", repo)
+    monkeypatch.setattr(data, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
+    with pytest.raises(FileNotFoundError, match="Downloading them failed"):
+        load_mnist("test")
+    assert list(repo.iterdir()) == []  # no data/MNIST/raw to shadow ../shared/data later
+    with pytest.raises(FileNotFoundError):
+        load_mnist("test", root=tmp_path / "explicit")
+    assert not (tmp_path / "explicit").exists()
+
+
+@needs_shared
+def test_failed_write_removes_the_folders_it_created(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MNIST_MIRRORS", (SHARED_RAW.as_uri() + "/",))
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    root = tmp_path / "root"
+    with pytest.raises(FileNotFoundError, match="No space left on device") as e:
+        load_mnist("test", root=root)
+    assert "verified" in str(e.value) and "writing" in str(e.value)
+    assert not root.exists()  # neither the folders nor a .part file are left behind
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def test_permission_denied_is_reported_as_such(tmp_path, monkeypatch):
+    # As root, chmod 000 does not stop reads: simulate the refusal at open().
+    raw = _fake_raw(tmp_path, MNIST_FILES["test"])
+    denied = raw / MNIST_FILES["test"][0]
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(PermissionError, match="(?i)permission denied") as e:
+        load_mnist("test", root=tmp_path, download=False)
+    assert str(denied) in str(e.value)
+    assert "corrupt" not in str(e.value) and "Delete" not in str(e.value)
+
+
+@needs_shared
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_permission_denied_on_a_real_file(tmp_path):
+    raw = _raw_copy(tmp_path)
+    denied = raw / MNIST_FILES["test"][0]
+    denied.chmod(0)
+    try:
+        with pytest.raises(PermissionError, match="(?i)permission denied") as e:
+            load_mnist("test", root=tmp_path, download=False)
+    finally:
+        denied.chmod(0o644)
+    assert str(denied) in str(e.value) and "corrupt" not in str(e.value)
+
+
+# ---------------------------------------------------------------- hostile servers
+
+BOMB_BYTES = 64 * 2**20  # decompressed size of the gzip bomb (about 64 KB gzipped)
+TRICKLE_S = 8.0  # how long the trickling server keeps going at most
+
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    """``/<kind>/<file>``: bomb (a gzip bomb), big and big-announced (endless
+    bytes, without and with a Content-Length), trickle (a byte every 50 ms)."""
+
+    bomb = gzip.compress(bytes(BOMB_BYTES), compresslevel=9)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        kind = self.path.strip("/").split("/")[0]
+        try:
+            getattr(self, "_" + kind.replace("-", "_"), self._missing)()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up: what the tests want
+
+    def _missing(self) -> None:
+        self.send_error(404)
+
+    def _headers(self, length: int | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def _bomb(self) -> None:
+        self._headers(len(self.bomb))
+        self.wfile.write(self.bomb)
+
+    def _endless(self, length: int | None) -> None:
+        self._headers(length)
+        chunk = os.urandom(1 << 16)
+        for _ in range(1024):  # 64 MiB at most
+            self.wfile.write(chunk)
+
+    def _big(self) -> None:
+        self._endless(None)
+
+    def _big_announced(self) -> None:
+        self._endless(64 * 2**20)
+
+    def _trickle(self) -> None:
+        self._headers(5 * 2**20)
+        stop = time.monotonic() + TRICKLE_S
+        while time.monotonic() < stop:
+            self.wfile.write(b"\x1f")
+            self.wfile.flush()
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[str]:
+    """A local HTTP server on 127.0.0.1 serving `_HostileHandler`; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _peak_memory(fn) -> tuple[int, BaseException | None]:
+    """Peak bytes Python allocated while ``fn()`` ran, and the exception it raised."""
+    tracemalloc.start()
+    error = None
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - returned to the test
+        error = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, error
+
+
+def test_download_gzip_bomb_is_cut_off(tmp_path, monkeypatch, hostile_server):
+    limit = 2**20
+    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit, raising=False)
+    monkeypatch.setattr(data, "MNIST_MIRRORS", (hostile_server + "/bomb/",))
+    peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path / "root"))
+    assert isinstance(error, FileNotFoundError), error
+    assert f"more than {limit:,} bytes" in str(error)
+    assert peak < 8 * 2**20, f"{peak:,} bytes allocated for a {BOMB_BYTES:,}-byte bomb"
+    assert not (tmp_path / "root").exists()
+
+
+def test_local_gzip_bomb_is_cut_off(tmp_path, monkeypatch):
+    limit = 2**20
+    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit, raising=False)
+    raw = _fake_raw(tmp_path, MNIST_FILES["test"])
+    bomb = raw / MNIST_FILES["test"][0]
+    bomb.write_bytes(_HostileHandler.bomb)
+    peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path, download=False))
+    assert isinstance(error, ValueError) and str(bomb) in str(error), error
+    assert f"more than {limit:,} bytes" in str(error)
+    assert peak < 8 * 2**20, f"{peak:,} bytes allocated for a {BOMB_BYTES:,}-byte bomb"
+
+
+@pytest.mark.parametrize("kind, message", [("big", "download passed 65,536 bytes"),
+                                           ("big-announced", "announces 67,108,864 bytes")])
+def test_download_size_is_capped(tmp_path, monkeypatch, hostile_server, kind, message):
+    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", 2**16, raising=False)
+    monkeypatch.setattr(data, "MNIST_MIRRORS", (f"{hostile_server}/{kind}/",))
+    peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path / "root"))
+    assert isinstance(error, FileNotFoundError), error
+    assert message in str(error)
+    assert peak < 8 * 2**20, f"{peak:,} bytes allocated for a download capped at 65,536"
+    assert not (tmp_path / "root").exists()
+
+
+def test_trickling_download_meets_the_deadline(tmp_path, monkeypatch, hostile_server):
+    # Each read gets a byte well within the per-read timeout: only a total deadline stops it.
+    monkeypatch.setattr(data, "_DEADLINE_S", 1.0, raising=False)
+    monkeypatch.setattr(data, "_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(data, "MNIST_MIRRORS", (hostile_server + "/trickle/",))
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="deadline") as e:
+        load_mnist("test", root=tmp_path / "root")
+    elapsed = time.monotonic() - start
+    assert elapsed < 4.0, f"two files at a 1 s deadline each took {elapsed:.1f} s"
+    assert all(f"trickle/{f}" in str(e.value) for f in MNIST_FILES["test"])
+    assert not (tmp_path / "root").exists()
 
 
 # ---------------------------------------------------------------- batches

@@ -14,6 +14,7 @@ from flowlib import (
     ReversePermutation, Sequential, Squeeze, alternating_mask, channel_mask, checkerboard_mask,
     half_mask, log_abs_det_jacobian, make_prior, nice, realnvp, realnvp_image, value_checks,
 )
+from flowlib.flow import initialize_from_data
 from flowlib.reshape import unsqueeze
 
 
@@ -291,3 +292,93 @@ def test_non_square_jacobian():
 def test_sequential_takes_flows_only():
     with pytest.raises(TypeError, match="Sequential takes Flow layers, got Linear"):
         Sequential(DiagonalScaling(2), torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------- empty batches and single examples
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 1, 2, 2)])
+def test_dequantize_rejects_an_empty_batch(shape, direction):
+    with pytest.raises(ValueError, match=r"at least one example.*got an empty batch of shape " + re.escape(str(shape))):
+        getattr(Dequantize(), direction)(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("make", [Dequantize, Logit])
+def test_preprocessing_rejects_a_0d_tensor(make, direction):
+    with pytest.raises(ValueError, match=shapes("(B, *event_shape)", ())):
+        getattr(make(), direction)(torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 2, 2)])
+def test_batchnorm_rejects_an_empty_batch_before_touching_its_statistics(shape):
+    bn = BatchNormFlow(3).train()
+    with pytest.raises(ValueError, match=r"at least one example.*got an empty batch of shape " + re.escape(str(shape))):
+        bn(torch.zeros(shape))
+    # The running averages are still their initial values, not NaN: the layer still works.
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
+    x = torch.randn(8, *shape[1:])
+    z, _ = bn.eval()(x)
+    torch.testing.assert_close(z, x / math.sqrt(1 + bn.eps))
+    with pytest.raises(ValueError, match="empty batch"):
+        bn.inverse(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 2, 2)])
+def test_actnorm_rejects_an_empty_batch_before_initialising(shape):
+    an = ActNorm(3)
+    with pytest.raises(ValueError, match=r"at least one example.*got an empty batch of shape " + re.escape(str(shape))):
+        initialize_from_data(an, torch.zeros(shape))
+    assert not an.initialized
+    assert torch.equal(an.bias, torch.zeros(3)) and torch.equal(an.log_scale, torch.zeros(3))
+    # A real batch afterwards initialises it as usual: zero mean, unit variance per feature.
+    x = 4 * torch.randn(16, *shape[1:]) + 1
+    initialize_from_data(an, x)
+    z, _ = an(x)
+    dims = [0] if len(shape) == 2 else [0, 2, 3]
+    torch.testing.assert_close(z.mean(dims), torch.zeros(3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(z.std(dims, unbiased=False), torch.ones(3), rtol=0, atol=1e-4)
+
+
+def test_actnorm_needs_two_values_per_feature_to_initialise():
+    an = ActNorm(3)
+    with pytest.raises(ValueError, match=r"at least 2 values per feature.*got 1 from input of shape \(1, 3\)"):
+        initialize_from_data(an, torch.randn(1, 3))
+    assert not an.initialized and torch.equal(an.log_scale, torch.zeros(3))  # no 1e6 scale
+    # One image has H * W values per channel: enough, and the statistics are that image's.
+    x = torch.randn(1, 3, 2, 2)
+    initialize_from_data(an, x)
+    mean = x.mean(dim=(0, 2, 3))
+    std = ((x - mean.view(1, 3, 1, 1)) ** 2).mean(dim=(0, 2, 3)).sqrt()
+    torch.testing.assert_close(an.bias.detach(), -mean)
+    torch.testing.assert_close(an.log_scale.detach(), -torch.log(std + 1e-6))
+
+
+# ------------------------------------------------------------ dtypes
+
+
+def test_dequantize_outputs_the_model_dtype():
+    x = torch.tensor([[0, 17, 255]], dtype=torch.uint8)
+    layer = Dequantize().to(torch.float64)
+    torch.manual_seed(1)
+    y, log_det = layer(x)
+    torch.manual_seed(1)
+    u = torch.rand(x.shape, dtype=torch.float64)  # the same noise, drawn independently
+    assert y.dtype == log_det.dtype == torch.float64
+    torch.testing.assert_close(y, (x.double() + u) / 256, rtol=0, atol=0)
+    torch.testing.assert_close(log_det, torch.tensor([-3 * math.log(256)], dtype=torch.float64))
+    # The default (float32) layer gives float32 whatever the integer dtype.
+    for dtype in (torch.uint8, torch.int64):
+        y32, log_det32 = Dequantize()(x.to(dtype))
+        assert y32.dtype == log_det32.dtype == torch.float32
+
+
+def test_float64_image_model_takes_uint8_digits():
+    model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1).double()
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(2)
+    log_prob = model.log_prob(x)
+    assert log_prob.dtype == torch.float64 and log_prob.shape == (3,) and torch.isfinite(log_prob).all()
+    torch.manual_seed(2)  # the same dequantization noise, on the data cast by hand
+    torch.testing.assert_close(log_prob, model.log_prob(x.double()), rtol=0, atol=0)
