@@ -39,7 +39,7 @@ def adam_kwargs(impl: str, library: str) -> dict:
     """The Adam implementation a library's step uses.
 
     ``native`` is each library as its users train it: flowlib with its
-    trainer's optimizer (`flowlib.train.make_optimizer`, fused Adam), the
+    trainer's optimizer (`flowlib.fit.make_optimizer`, fused Adam), the
     peers (which ship no trainer) with torch's default. Any other choice is
     the same implementation for every library.
     """
@@ -158,13 +158,32 @@ def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
 
 
 def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: str, library: str):
-    """One training step (``loss_fn(x).backward()``, Adam step) cycling through ``batches``."""
-    opt = torch.optim.Adam(model.parameters(), **adam, **adam_kwargs(impl, library))
+    """One training step cycling through ``batches``.
+
+    flowlib steps through its own `flowlib.fit.train_step` (the step its
+    trainer and chapters use); with ``impl="native"`` that is its fastest
+    setting as its users get it (fused Adam, ``precision="auto"``: bf16
+    autocast for the nets where the hardware has it), otherwise the same
+    Adam implementation as the peers and fp32. The peers ship no trainer:
+    ``loss_fn(x).backward()`` and a torch Adam step.
+    """
+    if library == "flowlib":
+        from flowlib.fit import make_optimizer, train_step
+
+        if impl == "native":
+            opt, precision = make_optimizer(model, **adam), "auto"
+        else:
+            opt, precision = torch.optim.Adam(model.parameters(), **adam, **ADAM_IMPLS[impl]), "fp32"
+    else:
+        opt = torch.optim.Adam(model.parameters(), **adam, **adam_kwargs(impl, library))
     state = {"i": 0}
 
     def step() -> None:
         x = batches[state["i"] % len(batches)]
         state["i"] += 1
+        if library == "flowlib":
+            train_step(model, opt, x, unit="nats", precision=precision)
+            return
         opt.zero_grad(set_to_none=True)
         loss_fn(x).backward()
         opt.step()
@@ -175,5 +194,6 @@ def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: 
 def describe_adam(impl: str) -> str:
     """A phrase for the table headers: which Adam implementation each library used."""
     if impl == "native":
-        return "native: flowlib's trainer uses fused Adam, the peers torch's default"
+        return ("native: flowlib's train_step as its trainer runs it (fused Adam, bf16 autocast where the CPU has it), "
+                "the peers torch's default Adam in fp32")
     return f"{impl} implementation for every library"

@@ -2,13 +2,23 @@
 
 A learned linear map :math:`W \\in \\mathbb R^{C \\times C}` applied to the
 channels of every pixel: the learned generalisation of a channel permutation.
-With :math:`W = P L (U + \\mathrm{diag}(\\mathrm{sign}(s)\\, e^{\\log|s|}))`
-(``P`` fixed, ``L`` unit lower triangular, ``U`` strictly upper triangular)
+For an image of :math:`h \\times w` pixels, :math:`\\log|\\det J| = h w \\log|\\det W|`
+(Glow section 3.2), and with Glow's LU parameterisation
+:math:`W = P L (U + \\mathrm{diag}(s))` (``P`` a fixed permutation, ``L``
+unit lower triangular, ``U`` strictly upper triangular),
 
-.. math:: \\log|\\det J| = H W \\sum_c \\log|s_c|,
+.. math:: \\log|\\det J| = h w \\sum_c \\log|s_c|,
 
-which costs :math:`O(C)` instead of :math:`O(C^3)`. On vectors ``(B, D)`` it
-is a learned invertible linear map (``H W = 1``).
+which costs :math:`O(C)` instead of :math:`O(C^3)`. As in Glow, :math:`W`
+starts as a random rotation, and its ``P`` stays fixed. flowlib stores
+:math:`s = \\mathrm{sign}(s) \\, e^{\\log|s|}` with the sign fixed at
+initialisation and :math:`\\log|s|` learned (as Glow's reference code does),
+so no :math:`s_c` can cross zero. On vectors ``(B, D)`` it is a learned
+invertible linear map (:math:`h w = 1`).
+
+Reference: D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible
+1x1 Convolutions", NeurIPS 2018, arXiv:1807.03039
+(https://arxiv.org/abs/1807.03039).
 """
 
 from __future__ import annotations

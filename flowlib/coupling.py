@@ -3,24 +3,35 @@
 Split the input by a mask into a conditioning part :math:`x_1` and a
 transformed part :math:`x_2`:
 
-* additive (NICE, Dinh et al. 2014, eq. 3):
+* additive (NICE, Dinh et al. 2014, section 3.2.2):
   :math:`y_1 = x_1,\\; y_2 = x_2 + m(x_1)`, so :math:`\\log|\\det J| = 0`;
-* affine (RealNVP, Dinh et al. 2016, eq. 6):
+* affine (RealNVP, Dinh et al. 2016, section 3.2):
   :math:`y_1 = x_1,\\; y_2 = x_2 \\odot \\exp(s(x_1)) + t(x_1)`, so
   :math:`\\log|\\det J| = \\sum_j s(x_1)_j`.
 
-The Jacobian is block triangular, :math:`\\begin{pmatrix} I & 0 \\\\ \\partial y_2/\\partial x_1 & \\mathrm{diag}(e^{s}) \\end{pmatrix}`,
-and the inverse needs no inverse of :math:`m, s, t`:
+The Jacobian is block triangular, :math:`\\begin{pmatrix} I & 0 \\\\ \\partial y_2/\\partial x_1 & \\mathrm{diag}(e^{s}) \\end{pmatrix}`
+(NICE section 3.2.1, RealNVP section 3.2), and the inverse needs no inverse
+of :math:`m, s, t` (RealNVP section 3.3):
 :math:`x_2 = (y_2 - t(y_1)) \\odot \\exp(-s(y_1))`.
 
 Vector masks and channel masks are applied by *indexing*: the net sees only
 :math:`x_1` (no work spent on zeros). Checkerboard masks are applied by
-*multiplication*, as in the RealNVP paper: the net sees :math:`b \\odot x` and
-its output is masked with :math:`1 - b`.
+*multiplication*, as in the RealNVP paper (section 3.4,
+:math:`y = b \\odot x + (1 - b) \\odot (x \\odot \\exp(s(b \\odot x)) + t(b \\odot x))`):
+the net sees :math:`b \\odot x` and its output is masked with :math:`1 - b`.
 
 The raw scale is squashed, :math:`s = a \\tanh(\\tilde s)` with a learned
 per-dimension :math:`a` (initialised to 1), so :math:`|s|` stays bounded and
-``exp(s)`` cannot overflow early in training.
+``exp(s)`` cannot overflow early in training. The squashing is an
+implementation choice: :math:`s` is still a function of :math:`x_1` alone, so
+the Jacobian keeps its form and the log-determinant is still :math:`\\sum_j s_j`.
+
+Reference: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
+Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
+(https://arxiv.org/abs/1410.8516).
+
+Reference: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using
+Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803).
 """
 
 from __future__ import annotations
@@ -87,7 +98,7 @@ class Coupling(Flow):
 
 
 class AdditiveCoupling(Coupling):
-    """NICE: :math:`y_1 = x_1,\\; y_2 = x_2 + m(x_1)`; volume preserving.
+    """NICE: :math:`y_1 = x_1,\\; y_2 = x_2 + m(x_1)`; volume preserving (NICE section 3.2.2).
 
     ``net`` maps the conditioning part to a shift of the transformed part's shape.
 
@@ -114,8 +125,9 @@ class AdditiveCoupling(Coupling):
 class AffineCoupling(Coupling):
     """RealNVP: :math:`y_2 = x_2 \\odot e^{s(x_1)} + t(x_1)`, :math:`\\log|\\det J| = \\sum s`.
 
-    ``net`` returns ``2 x`` the transformed part's channels (features): the
-    first half is the raw scale :math:`\\tilde s`, the second the shift :math:`t`.
+    The affine coupling of RealNVP section 3.2. ``net`` returns ``2 x`` the
+    transformed part's channels (features): the first half is the raw scale
+    :math:`\\tilde s`, the second the shift :math:`t`.
 
     >>> from flowlib.masks import half_mask
     >>> from flowlib.nets import MLP

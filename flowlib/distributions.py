@@ -1,13 +1,30 @@
 """Base distributions (priors) for the latent space.
 
-Both factorise over dimensions, so ``log_prob`` sums over every non-batch axis:
+Both factorise over dimensions, so ``log_prob`` sums over every non-batch axis
+(the factorial prior of NICE, Dinh et al. 2014, section 3.4):
 
 * standard normal: :math:`\\log p(z) = -\\tfrac12 \\sum_d (z_d^2 + \\log 2\\pi)`;
-* standard logistic (NICE's prior):
-  :math:`\\log p(z) = -\\sum_d \\big(\\mathrm{softplus}(z_d) + \\mathrm{softplus}(-z_d)\\big)`.
+* standard logistic (NICE's prior for MNIST, SVHN and CIFAR-10):
+  :math:`\\log p(z) = -\\sum_d \\big(\\mathrm{softplus}(z_d) + \\mathrm{softplus}(-z_d)\\big)`,
+  NICE section 3.4's :math:`-\\log(1 + e^{h_d}) - \\log(1 + e^{-h_d})`.
 
-``sample(shape, temperature)`` multiplies a standard draw by ``temperature``
-(the "reduced temperature" sampling of Glow).
+``sample(shape, temperature)`` multiplies a standard draw by ``temperature``,
+the "reduced temperature" sampling of Glow (Kingma & Dhariwal 2018, section 6),
+which for additive couplings multiplies the standard deviation of
+:math:`p(z)` by :math:`T`. For a flow with a constant Jacobian determinant
+(additive couplings, NICE's scaling) and a Gaussian prior this samples
+exactly :math:`p_T(x) \\propto p(x)^{1/T^2}`, so :math:`T < 1` sharpens the
+density (Glow's text writes the exponent as :math:`T^2`). With affine
+couplings or the logistic prior it is the same heuristic, not an exact power
+of :math:`p`.
+
+Reference: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
+Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
+(https://arxiv.org/abs/1410.8516).
+
+Reference: D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible
+1x1 Convolutions", NeurIPS 2018, arXiv:1807.03039
+(https://arxiv.org/abs/1807.03039).
 """
 
 from __future__ import annotations
@@ -55,8 +72,9 @@ class StandardNormal(Prior):
 class StandardLogistic(Prior):
     """Standard logistic, :math:`p(z) = e^{-z} / (1 + e^{-z})^2`, per dimension.
 
-    Heavier tails than the normal, which NICE found gives better gradients.
-    Its standard deviation is :math:`\\pi / \\sqrt 3`.
+    Heavier tails than the normal; NICE (section 3.4) uses it because "it tends
+    to provide a better behaved gradient" (its score :math:`-\\tanh(z/2)` is
+    bounded). Its standard deviation is :math:`\\pi / \\sqrt 3`.
 
     >>> StandardLogistic().log_prob(torch.zeros(1, 2))
     tensor([-2.7726])

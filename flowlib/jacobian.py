@@ -8,6 +8,9 @@ For a flow :math:`f` applied example by example, the Jacobian of example
 
 This is the reference every layer's analytic ``log_det`` is tested against.
 It costs :math:`O(D^3)` per example, so use it on small inputs.
+
+Reference: PyTorch documentation, "torch.func API Reference" (``vmap``,
+``jacrev``), https://docs.pytorch.org/docs/stable/func.api.html.
 """
 
 from __future__ import annotations

@@ -2,16 +2,29 @@
 
 A mask :math:`b` has the shape of one example; ``True`` marks the
 *conditioning* part :math:`x_1` (passed through unchanged, fed to the net) and
-``False`` the part :math:`x_2` that is transformed. The RealNVP paper writes a
-coupling as :math:`y = b \\odot x + (1-b) \\odot (\\dots)`.
+``False`` the part :math:`x_2` that is transformed. The RealNVP paper
+(Dinh et al. 2016, section 3.4) writes a coupling as
+:math:`y = b \\odot x + (1-b) \\odot (x \\odot \\exp(s(b \\odot x)) + t(b \\odot x))`.
 
-* `alternating_mask` (NICE): odd/even coordinates of a vector;
-* `half_mask`: first half / second half of a vector;
-* `checkerboard_mask`: pixels where :math:`(i + j)` is even, on ``(C, H, W)``;
-* `channel_mask`: first half / second half of the channels, on ``(C, H, W)``.
+* `alternating_mask` (NICE, Dinh et al. 2014, section 5.1): odd/even
+  coordinates of a vector;
+* `half_mask`: first half / second half of a vector (RealNVP's
+  :math:`x_{1:d}, x_{d+1:D}` of section 3.2 with :math:`d = \\lfloor D/2 \\rfloor`);
+* `checkerboard_mask` (RealNVP section 3.4): pixels where :math:`(i + j)` is
+  even, on ``(C, H, W)``;
+* `channel_mask` (RealNVP section 3.4): first half / second half of the
+  channels, on ``(C, H, W)``.
 
 ``parity`` flips which part conditions, so alternating parities in a stack
-lets every coordinate be transformed.
+lets every coordinate be transformed (NICE section 3.2.3: at least three
+couplings are needed for every dimension to influence every other).
+
+Reference: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
+Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
+(https://arxiv.org/abs/1410.8516).
+
+Reference: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using
+Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803).
 """
 
 from __future__ import annotations

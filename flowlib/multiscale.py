@@ -1,4 +1,4 @@
-"""The multi-scale architecture of RealNVP (section 3.6).
+"""The multi-scale architecture of RealNVP (Dinh et al. 2016, section 3.6).
 
 After each scale, half of the channels are *factored out*: they go straight to
 the latent code and are not transformed further. With ``L`` levels on a
@@ -12,6 +12,12 @@ Every level must map ``(C, H, W)`` to ``(4C, H/2, W/2)`` (it contains one
 `~flowlib.reshape.Squeeze`); the container then keeps the second half of the
 channels and factors out the first half. The latent is returned flat,
 ``(B, C H W)``; `split_latent` cuts it back into the per-scale pieces.
+In the paper's notation (RealNVP section 3.6), :math:`h^{(0)} = x`,
+:math:`(z^{(i+1)}, h^{(i+1)}) = f^{(i+1)}(h^{(i)})`,
+:math:`z^{(L)} = f^{(L)}(h^{(L-1)})`, :math:`z = (z^{(1)}, \\dots, z^{(L)})`.
+
+Reference: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using
+Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803).
 """
 
 from __future__ import annotations

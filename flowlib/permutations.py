@@ -4,6 +4,16 @@ A permutation :math:`z = P x` has :math:`|\\det P| = 1`, so ``log_det = 0``.
 Between couplings it changes which coordinates condition which. On images
 only *channels* are permuted: shuffling pixels would scatter neighbours and
 destroy the spatial structure the convolutional nets rely on.
+
+Glow (Kingma & Dhariwal 2018, section 3.2) describes NICE's and RealNVP's
+alternation as the equivalent of a permutation that reverses the order of
+the channels (`ReversePermutation`), and compares it, in section 5.1, with a
+fixed random shuffle (`RandomPermutation`) and with its learned invertible
+1x1 convolution (`~flowlib.conv1x1.InvertibleConv1x1`).
+
+Reference: D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible
+1x1 Convolutions", NeurIPS 2018, arXiv:1807.03039
+(https://arxiv.org/abs/1807.03039).
 """
 
 from __future__ import annotations

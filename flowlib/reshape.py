@@ -1,9 +1,14 @@
-"""Squeeze: trade spatial size for channels (RealNVP section 3.6).
+"""Squeeze: trade spatial size for channels (RealNVP, Dinh et al. 2016, section 3.6).
 
 Each 2x2 block of pixels becomes 4 channels of one pixel,
-:math:`(C, H, W) \\to (4C, H/2, W/2)`. It only moves numbers around, so it is
+:math:`(C, H, W) \\to (4C, H/2, W/2)` (the paper's :math:`s \\times s \\times c
+\\to s/2 \\times s/2 \\times 4c`). It only moves numbers around, so it is
 a permutation: exactly invertible with :math:`\\log|\\det J| = 0`. Channel
-``4c + 2i + j`` of the output holds pixel ``(2h + i, 2w + j)`` of channel ``c``.
+``4c + 2i + j`` of the output holds pixel ``(2h + i, 2w + j)`` of channel ``c``
+(Figure 3 of the paper draws a 4x4x1 tensor squeezed into 2x2x4).
+
+Reference: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using
+Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from flowlib import (
     MLP, ActNorm, AdditiveCoupling, AffineCoupling, BatchNormFlow, Dequantize, DiagonalScaling,
     InvertibleConv1x1, Logit, MultiScale, Permutation, RandomPermutation, ResidualConvNet,
-    ReversePermutation, Sequential, Squeeze, alternating_mask, channel_mask, checkerboard_mask,
-    half_mask, jacobian,
+    ReversePermutation, Sequential, Squeeze, StandardNormal, alternating_mask, channel_mask,
+    checkerboard_mask, half_mask, jacobian, log_abs_det_jacobian,
 )
 from flowlib.distributions import make_prior
 from flowlib.flow import initialize_from_data
@@ -173,14 +173,16 @@ def test_round_trip_and_opposite_log_dets(name, perturb):
     flow, x = make(name, torch.float64, perturb)
     z, log_det = flow(x)
     x_back, inv_log_det = flow.inverse(z)
-    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-10)
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=1e-10)
+    # In float64 every case comes back to within 1.1e-13 (values) and 1.9e-14
+    # (log-dets), the worst being the multi-scale case: 1e-12 leaves ~10x.
+    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=1e-12)
     # ... and starting from the latent side.
     w = torch.randn_like(z)
     x_w, inv_w = flow.inverse(w)
     w_back, fwd_w = flow(x_w)
-    torch.testing.assert_close(w_back, w, rtol=0, atol=1e-10)
-    torch.testing.assert_close(fwd_w, -inv_w, rtol=0, atol=1e-10)
+    torch.testing.assert_close(w_back, w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fwd_w, -inv_w, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", INVERTIBLE_CASES)
@@ -188,8 +190,12 @@ def test_round_trip_float32(name, perturb):
     flow, x = make(name, torch.float32, perturb)
     z, log_det = flow(x)
     x_back, inv_log_det = flow.inverse(z)
-    torch.testing.assert_close(x_back, x, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=1e-5, atol=1e-4)
+    # Measured in float32: the multi-scale case (two conv-net couplings deep)
+    # comes back to within 6.8e-5, every other case within 1.5e-6; the
+    # log-dets agree to 8.6e-6 (multi-scale) and 5e-7 (others).
+    atol = 1e-4 if name == "multiscale" else 1e-5
+    torch.testing.assert_close(x_back, x, rtol=0, atol=atol)
+    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=5e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -242,7 +248,9 @@ def test_coupling_jacobian_is_block_triangular(cls, mask_name, float64, perturb)
     eye = lambda k: torch.eye(k).expand(B, k, k)  # noqa: E731
     torch.testing.assert_close(blocks[:, :n, :n], eye(n), rtol=0, atol=1e-12)  # dy1/dx1 = I
     assert torch.equal(blocks[:, :n, n:], torch.zeros_like(blocks[:, :n, n:]))  # dy1/dx2 = 0
-    assert blocks[:, n:, :n].abs().amax() > 1e-3  # y2 depends on x1 (the net is not trivial)
+    # y2 depends on x1 (the net is not trivial): after perturbation the largest
+    # entry of this block is between 0.16 (additive-half0) and 5.6 in every case.
+    assert blocks[:, n:, :n].abs().amax() > 0.1
     lower_right = blocks[:, n:, n:]
     if cls is AdditiveCoupling:
         torch.testing.assert_close(lower_right, eye(len(trans)), rtol=0, atol=1e-12)
@@ -250,7 +258,7 @@ def test_coupling_jacobian_is_block_triangular(cls, mask_name, float64, perturb)
     else:
         s, _ = layer.scale_and_shift(layer.split(x)[0])
         s_trans = s.flatten(1) if layer.by_index else s.flatten(1)[:, trans]
-        assert s_trans.abs().amax() > 1e-3
+        assert s_trans.abs().amax() > 0.1  # measured: 0.42 to 1.2 across the masks
         torch.testing.assert_close(lower_right, torch.diag_embed(torch.exp(s_trans)), rtol=0, atol=1e-12)
         torch.testing.assert_close(layer(x)[1], s_trans.sum(1))
 
@@ -447,7 +455,7 @@ def test_diagonal_scaling_data_init_gives_the_prior_spread(prior):
     """After the hook, each output's spread is the prior's: 1 for the normal, pi/sqrt(3) for the logistic."""
     std = {"normal": 1.0, "logistic": math.pi / math.sqrt(3)}[prior]
     layer = DiagonalScaling(5, init_std=make_prior(prior).std)
-    x = torch.randn(4096, 5) * torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0]) + 3
+    x = torch.randn(4096, 5) * torch.tensor([0.05, 0.1, 1.0, 10.0, 100.0]) + 3
     assert initialize_from_data(Sequential(layer), x) == ["flows.0"]
     z, log_det = layer(x)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.full((5,), std), rtol=1e-4, atol=0)
@@ -469,25 +477,55 @@ def test_conv1x1_is_a_per_pixel_linear_map(shape, float64, perturb):
 
 def test_conv1x1_starts_as_rotation():
     w = InvertibleConv1x1(5, seed=0).weight()
-    torch.testing.assert_close(w @ w.T, torch.eye(5), rtol=0, atol=1e-5)
+    # float32 QR then LU reproduce an orthogonal matrix to 3e-7
+    torch.testing.assert_close(w @ w.T, torch.eye(5), rtol=0, atol=2e-6)
 
 
-def test_diagonal_scaling_formula(perturb):
-    layer = perturb(DiagonalScaling((2, 3)))
-    x = torch.randn(B, 2, 3)
+def test_diagonal_scaling_pushes_a_normal_to_the_closed_form(float64):
+    """z = h e^s: the inverse sends N(0, 1) to N(0, e^{-2s}) (spread and density, not the code's formula)."""
+    log_scale = torch.tensor([[-1.0, 0.0, 0.5], [1.5, -0.25, 2.0]])
+    layer = DiagonalScaling((2, 3))
+    with torch.no_grad():
+        layer.log_scale.copy_(log_scale)
+    std = torch.exp(-log_scale)
+    # Sampling: the empirical spread of f^{-1}(z), z ~ N(0, 1), is e^{-s}.
+    z = torch.randn(200_000, 2, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    h, _ = layer.inverse(z)
+    # the sample std of 2e5 normals is within 1/sqrt(2 * 2e5) = 0.16% of sigma (1 s.d.); allow 1%
+    torch.testing.assert_close(h.std(0), std, rtol=1e-2, atol=0)
+    # Density: the change of variables with the forward log-det is N(0, e^{-2s}) exactly.
+    x = std * torch.randn(16, 2, 3)
     z, log_det = layer(x)
-    torch.testing.assert_close(z, x * torch.exp(layer.log_scale))
-    torch.testing.assert_close(log_det, layer.log_scale.sum().expand(B))
+    expected = torch.distributions.Normal(torch.zeros(2, 3), std).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(StandardNormal().log_prob(z) + log_det, expected, rtol=0, atol=1e-12)
 
 
-def test_sequential_adds_log_dets(perturb):
+def test_sequential_log_det_is_the_log_det_of_the_composition(perturb):
+    """Sequential's summed log-dets equal autograd's log|det| of the layers composed by hand (float64)."""
     flow, x = make("sequential", torch.float64, perturb)
-    total, h = torch.zeros(B, dtype=torch.float64), x
-    for layer in flow:
-        h, log_det = layer(h)
-        total = total + log_det
+
+    def composed(v: Tensor) -> Tensor:
+        for layer in flow:
+            v = layer(v)[0]
+        return v
+
+    def composed_inverse(v: Tensor) -> Tensor:
+        for layer in reversed(list(flow)):
+            v = layer.inverse(v)[0]
+        return v
+
     z, log_det = flow(x)
-    torch.testing.assert_close(z, h)
-    torch.testing.assert_close(log_det, total)
+    torch.testing.assert_close(z, composed(x), rtol=0, atol=0)
+    torch.testing.assert_close(log_det, log_abs_det_jacobian(composed, x), rtol=1e-10, atol=1e-10)
+    # The chain rule, layer by layer: J = J_K ... J_1 with each J_k by autograd at its own input.
+    jac, h = torch.eye(6, dtype=torch.float64).expand(B, 6, 6), x
+    for layer in flow:
+        jac = jacobian(lambda v, layer=layer: layer(v)[0], h) @ jac
+        h = layer(h)[0]
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
+    assert log_det.abs().min() > 1.0  # far from 0: a dropped or sign-flipped layer term would show
+    # The inverse direction: the layers' inverses in reverse order.
+    _, inv_log_det = flow.inverse(z)
+    torch.testing.assert_close(inv_log_det, log_abs_det_jacobian(composed_inverse, z), rtol=1e-10, atol=1e-10)
     trajectory = flow.trajectory(x)
     assert len(trajectory) == len(flow) + 1 and torch.equal(trajectory[-1], z)
