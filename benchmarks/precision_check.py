@@ -14,7 +14,6 @@ book's default (``precision="auto"``) rests on: is the bf16 run within
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .fit import PRECISIONS, SCHEDULES
 from .models import FlowModel, nice, realnvp_image, toy_model
 
 __all__ = [
-    "TrainConfig", "PRESETS", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
+    "TrainConfig", "TrainResult", "PRESETS", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
     "config_differences", "build_model", "load_dataset",
 ]
 
@@ -91,6 +92,40 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports; ``results.json`` holds it."""
+
+    config: dict[str, Any]
+    run_id: str
+    epochs_done: int
+    steps: int
+    wall_seconds: float
+    best_valid_bpd: float | None
+    best_epoch: int
+    test_bpd: float | None
+    test_nats: float | None
+    history: list[dict[str, float]]
+    interrupted: bool
+    device: str
+    precision: str
+    out_dir: str
+    world_size: int = 1
+    torch_version: str = torch.__version__
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def summary(self) -> str:
+        test = "n/a" if self.test_bpd is None else f"{self.test_bpd:.4f} bits/dim ({self.test_nats:.2f} nats)"
+        best = "n/a" if self.best_valid_bpd is None else f"{self.best_valid_bpd:.4f}"
+        return (f"{self.config['model']} {self.config['preset']} on {self.device} ({self.precision}): "
+                f"{self.epochs_done} epochs, {self.steps} steps, {self.wall_seconds / 60:.1f} min; "
+                f"best valid {best} bits/dim (epoch {self.best_epoch}); test {test}")
 
 
 #: Fields that may change when a run is resumed (more epochs, another device, ...).

@@ -58,18 +58,13 @@ from the last checkpoint written, losing the steps since).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
-import signal
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,59 +73,23 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import (CheckpointError, RunLock, atomic_save, atomic_write_text, check_writable,
-                         load_checkpoint, load_model, rng_state, set_rng_state, state_bytes)
-from .config import (PRESETS, TrainConfig, build_model, config_dict, config_differences, load_dataset,
-                     make_config)
-from .distributed import (all_reduce_sum, barrier, broadcast_object, device_name, init_distributed, rank_and_world, resolve_device,
-                          shutdown_distributed, wrap_data_parallel)
-from .fit import EVAL_SEED, log_likelihood_sum, make_optimizer, learning_rate, resolve_precision, train_step
+                         load_checkpoint, rng_state, set_rng_state, state_bytes)
+from .config import TrainConfig, TrainResult, build_model, config_dict, config_differences, load_dataset
+from .distributed import (all_reduce_sum, barrier, broadcast_object, device_name, init_distributed,
+                          rank_and_world, resolve_device, shutdown_distributed, wrap_data_parallel)
+from .fit import EVAL_SEED, learning_rate, log_likelihood_sum, make_optimizer, resolve_precision, train_step
 from .flow import initialize_from_data, value_checks
 from .metrics import bits_per_dim
 from .models import FlowModel
+from .stopping import StopFlag, stop_signals_to
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "CheckpointError", "PRESETS", "make_config",
-           "build_model", "train", "load_model", "run_or_load", "main"]
+__all__ = ["train", "TrainingDiverged"]
 
-ROOT = Path(__file__).resolve().parent.parent
 _RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint was kept."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run reports; ``results.json`` holds it."""
-
-    config: dict[str, Any]
-    run_id: str
-    epochs_done: int
-    steps: int
-    wall_seconds: float
-    best_valid_bpd: float | None
-    best_epoch: int
-    test_bpd: float | None
-    test_nats: float | None
-    history: list[dict[str, float]]
-    interrupted: bool
-    device: str
-    precision: str
-    out_dir: str
-    world_size: int = 1
-    torch_version: str = torch.__version__
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def summary(self) -> str:
-        test = "n/a" if self.test_bpd is None else f"{self.test_bpd:.4f} bits/dim ({self.test_nats:.2f} nats)"
-        best = "n/a" if self.best_valid_bpd is None else f"{self.best_valid_bpd:.4f}"
-        return (f"{self.config['model']} {self.config['preset']} on {self.device} ({self.precision}): "
-                f"{self.epochs_done} epochs, {self.steps} steps, {self.wall_seconds / 60:.1f} min; "
-                f"best valid {best} bits/dim (epoch {self.best_epoch}); test {test}")
 
 
 # ----------------------------------------------------------------------------- stopping between steps
@@ -142,33 +101,6 @@ class _Stop(Exception):
     def __init__(self, by_user: bool) -> None:
         super().__init__()
         self.by_user = by_user
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop reads it between steps. A second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt("second interrupt: stopped without saving")
-        self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal}: stopping after this step and saving a checkpoint "
-              f"(press Ctrl-C again to stop at once, without saving) ...", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _signals_to(flag: _StopFlag) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set in the main thread
-        return
-    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -189,7 +121,7 @@ class _Run:
     lock: RunLock | None
     state: dict[str, Any] = field(default_factory=dict)
     net: nn.Module | None = None
-    stop: _StopFlag = field(default_factory=_StopFlag)
+    stop: StopFlag = field(default_factory=StopFlag)
     in_step: bool = False
     interrupted: bool = False
     clock: float = 0.0
@@ -213,7 +145,7 @@ def train(
     run = _set_up(config)
     try:
         _start_or_restore(run, resume)
-        with _signals_to(run.stop):
+        with stop_signals_to(run.stop):
             try:
                 while run.state["epoch"] < config.epochs:
                     _one_epoch(run, progress)
@@ -332,43 +264,26 @@ def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 
 def _one_epoch(run: _Run, progress: bool) -> None:
-    """The steps of the current epoch, from where it stands to its end."""
+    """The steps of the current epoch, from where it stands to its end; stops only between steps."""
     cfg, st = run.config, run.state
-    spe, local = run.steps_per_epoch, cfg.batch_size // run.world
     order = _epoch_order(run.splits["train"].shape[0], cfg.seed, st["epoch"]).to(run.device)
     loss_sum = torch.tensor(st["loss_sum"], dtype=torch.float64, device=run.device)
-    bar = _progress(spe, f"epoch {st['epoch'] + 1}/{cfg.epochs}", progress and run.rank == 0)
+    bar = _progress(run.steps_per_epoch, f"epoch {st['epoch'] + 1}/{cfg.epochs}", progress and run.rank == 0)
     bar.update(st["step_in_epoch"])
-    total_steps = cfg.epochs * spe
     last_checkpoint, t_log, seen = time.perf_counter(), time.perf_counter(), 0
     run.model.train()
     try:
         with value_checks(False):
-            while st["step_in_epoch"] < spe:
+            while st["step_in_epoch"] < run.steps_per_epoch:
                 if run.world == 1 and run.stop.signal is not None:
                     raise _Stop(by_user=True)
                 if cfg.max_steps is not None and st["steps"] >= cfg.max_steps:
                     raise _Stop(by_user=False)
-                i = st["step_in_epoch"]
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][run.rank * local:(run.rank + 1) * local]
-                for group in run.optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.schedule, cfg.lr, st["steps"], total_steps)
-                run.in_step = True
-                loss = train_step(run.model, run.optimizer, run.splits["train"][idx], clip_grad=cfg.clip_grad,
-                                  precision=run.precision, net=None if run.net is run.model else run.net)
-                loss_sum += loss
-                st["loss_count"] += 1
-                st["step_in_epoch"] += 1
-                st["steps"] += 1
-                run.in_step = False
+                _step(run, order, loss_sum)
                 seen += 1
-                if seen % cfg.log_every == 0 or st["step_in_epoch"] == spe:
+                if seen % cfg.log_every == 0 or st["step_in_epoch"] == run.steps_per_epoch:
                     st["loss_sum"] = loss_sum.item()  # one host sync per log interval
-                    _check_finite(run, st["loss_sum"] / st["loss_count"])
-                    bar.set_postfix(bpd=f"{st['loss_sum'] / st['loss_count']:.4f}",
-                                    img_s=f"{seen * cfg.batch_size / (time.perf_counter() - t_log):.0f}")
-                    bar.update(st["step_in_epoch"] - bar.n)
-                    _agree_on_stop(run)
+                    _log(run, bar, seen * cfg.batch_size / (time.perf_counter() - t_log))
                     if time.perf_counter() - last_checkpoint > 60 * cfg.checkpoint_minutes:
                         _save_checkpoint(run)
                         last_checkpoint = time.perf_counter()
@@ -376,6 +291,33 @@ def _one_epoch(run: _Run, progress: bool) -> None:
         if not run.in_step:
             st["loss_sum"] = loss_sum.item()
         bar.close()
+
+
+def _step(run: _Run, order: Tensor, loss_sum: Tensor) -> None:
+    """One step: this process's share of the next batch, the learning rate of the schedule, `train_step`."""
+    cfg, st = run.config, run.state
+    i, local = st["step_in_epoch"], cfg.batch_size // run.world
+    idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][run.rank * local:(run.rank + 1) * local]
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg.schedule, cfg.lr, st["steps"], cfg.epochs * run.steps_per_epoch)
+    run.in_step = True
+    loss = train_step(run.model, run.optimizer, run.splits["train"][idx], clip_grad=cfg.clip_grad,
+                      precision=run.precision, net=None if run.net is run.model else run.net)
+    loss_sum += loss
+    st["loss_count"] += 1
+    st["step_in_epoch"] += 1
+    st["steps"] += 1
+    run.in_step = False
+
+
+def _log(run: _Run, bar: Any, samples_per_s: float) -> None:
+    """At a log point: the loss must be finite, the bar moves, and every process agrees on stopping."""
+    st = run.state
+    mean = st["loss_sum"] / st["loss_count"]
+    _check_finite(run, mean)
+    bar.set_postfix(bpd=f"{mean:.4f}", img_s=f"{samples_per_s:.0f}")
+    bar.update(st["step_in_epoch"] - bar.n)
+    _agree_on_stop(run)
 
 
 def _check_finite(run: _Run, mean_loss: float) -> None:
@@ -486,104 +428,7 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
 
 
-# ----------------------------------------------------------------------------- notebooks
-
-
-def _finished_run(config: TrainConfig) -> TrainResult | None:
-    """The finished run in ``out_dir`` made with this config, if its files all agree; else None (saying why)."""
-    out = Path(config.out_dir)
-    if not (out / "results.json").exists():
-        return None
-    try:
-        result = TrainResult.from_dict(json.loads((out / "results.json").read_text()))
-        best = load_checkpoint(out / "best.pt")
-    except (json.JSONDecodeError, TypeError, CheckpointError) as e:
-        print(f"Not loading {out}: {e}", file=sys.stderr)
-        return None
-    if config_differences(result.config, config) or result.epochs_done < config.epochs:
-        return None
-    if best.get("run_id") != result.run_id or config_differences(best["config"], config):
-        print(f"Not loading {out}: best.pt and results.json come from different runs.", file=sys.stderr)
-        return None
-    return result
-
-
-def run_or_load(config: TrainConfig, progress: bool = True) -> tuple[FlowModel, TrainResult]:
-    """The chapters' entry point: load a finished run, resume an unfinished one, or train.
-
-    Returns the best model (eval mode) and the run's result. A run is loaded
-    only when ``results.json`` and ``best.pt`` carry this config and the same
-    run id; a checkpoint of this config is resumed; anything else is trained
-    afresh (an older run's files are moved aside, not overwritten).
-    """
-    out = Path(config.out_dir)
-    result = _finished_run(config)
-    if result is None:
-        resume = False
-        if (out / "checkpoint.pt").exists():
-            try:
-                resume = not config_differences(load_checkpoint(out / "checkpoint.pt")["config"], config)
-            except CheckpointError as e:
-                print(f"{e}; training afresh.", file=sys.stderr)
-        try:
-            result = train(config, resume=resume, progress=progress)
-        except CheckpointError as e:
-            if not resume:
-                raise
-            print(f"{e}; training afresh.", file=sys.stderr)
-            result = train(config, resume=False, progress=progress)
-        if result.epochs_done < config.epochs:
-            raise RuntimeError(f"training stopped after {result.steps} steps; its checkpoint is in {out}: "
-                               f"run again to resume")
-    elif progress:
-        shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-        print(f"Loaded the finished run in {shown} (delete it to train again).")
-    model, _ = load_model(out / "best.pt", map_location=resolve_device(config.device))
-    return model, result
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flowlib.train MODEL [--dataset mnist] [--preset cpu] [--resume] ...``"""
-    p = argparse.ArgumentParser(prog="python -m flowlib.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", choices=["nice", "realnvp"])
-    p.add_argument("--dataset", default="mnist", help="mnist or a 2D toy density name")
-    p.add_argument("--preset", default="cpu", choices=["paper", "cpu", "quick"])
-    p.add_argument("--out", help="run folder (default runs/MODEL-DATASET-PRESET[-changed fields])")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
-                   help="bf16 autocast for the nets where the hardware has it (auto, the default), or not")
-    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in total")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                  seed=args.seed, precision=args.precision, max_steps=args.max_steps, device=args.device,
-                  out_dir=args.out)
-    try:
-        config = make_config(args.model, args.preset, args.dataset,
-                             **{k: v for k, v in fields.items() if v is not None})
-        result = train(config, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(result.summary())
-    return 130 if result.interrupted else 0
-
-
 if __name__ == "__main__":
+    from .cli import main
+
     sys.exit(main())

@@ -15,6 +15,8 @@ import torch
 
 from flowlib import checkpoint as C
 from flowlib import fit as F
+from flowlib import config as Cfg
+from flowlib import runs as R
 from flowlib import train as T
 from flowlib.data import data_root, mnist_dir
 
@@ -23,20 +25,20 @@ HAVE_MNIST = (mnist_dir(data_root()) / "train-images-idx3-ubyte.gz").exists()
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not available: set FLOWLIB_DATA")
 
 
-def toy_config(tmp_path: Path, name: str = "run", **kw) -> T.TrainConfig:
+def toy_config(tmp_path: Path, name: str = "run", **kw) -> Cfg.TrainConfig:
     values = dict(epochs=2, train_size=512, eval_size=256, batch_size=64, log_every=3,
                   model_kwargs=dict(num_couplings=2, hidden=16), out_dir=str(tmp_path / name), precision="fp32")
     values.update(kw)
-    return T.make_config("realnvp", "quick", "two_moons", **values)
+    return Cfg.make_config("realnvp", "quick", "two_moons", **values)
 
 
-def mnist_config(tmp_path: Path, name: str, **kw) -> T.TrainConfig:
+def mnist_config(tmp_path: Path, name: str, **kw) -> Cfg.TrainConfig:
     """A tiny multi-scale RealNVP on 128 digits: dequantization noise and BatchNorm statistics both matter."""
     values = dict(out_dir=str(tmp_path / name), train_size=128, eval_size=64, epochs=3, batch_size=32,
                   log_every=1, eval_batch_size=16, precision="fp32",
                   model_kwargs=dict(hidden_channels=4, num_blocks=1, num_scales=2))
     values.update(kw)
-    return T.make_config("realnvp", "quick", **values)
+    return Cfg.make_config("realnvp", "quick", **values)
 
 
 def assert_same_run(dir_a: Path, dir_b: Path) -> None:
@@ -61,7 +63,7 @@ def assert_same_run(dir_a: Path, dir_b: Path) -> None:
 
 def test_toy_run_writes_results_and_safe_checkpoints(tmp_path):
     config = toy_config(tmp_path)
-    untrained = F.evaluate(T.build_model(config), T.load_dataset(config)["test"]).bpd
+    untrained = F.evaluate(Cfg.build_model(config), Cfg.load_dataset(config)["test"]).bpd
     result = T.train(config, progress=False)
     out = Path(result.out_dir)
     assert result.epochs_done == 2 and not result.interrupted
@@ -188,8 +190,8 @@ def test_resume_without_checkpoint_says_where_it_looked(tmp_path):
 
 def test_run_or_load_loads_only_its_own_run(tmp_path, capsys):
     config = toy_config(tmp_path, epochs=1)
-    model, first = T.run_or_load(config, progress=False)
-    again, loaded = T.run_or_load(config, progress=False)
+    model, first = R.run_or_load(config, progress=False)
+    again, loaded = R.run_or_load(config, progress=False)
     assert loaded.run_id == first.run_id
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
@@ -202,16 +204,16 @@ def test_run_or_load_loads_only_its_own_run(tmp_path, capsys):
     assert len(aside) == 1 and (aside[0] / "best.pt").exists() and (aside[0] / "results.json").exists()
     assert "moved to replaced-" in capsys.readouterr().err
     # and asking for the first config again trains it afresh: never the other run's model.
-    _, third = T.run_or_load(config, progress=False)
+    _, third = R.run_or_load(config, progress=False)
     assert third.run_id != first.run_id and third.config == first.config
 
 
 def test_best_pt_from_another_run_is_never_returned(tmp_path, capsys):
     config = toy_config(tmp_path, epochs=1)
-    _, first = T.run_or_load(config, progress=False)
+    _, first = R.run_or_load(config, progress=False)
     other = T.train(toy_config(tmp_path, "other", epochs=1, seed=3), progress=False)
     (Path(config.out_dir) / "best.pt").write_bytes((Path(other.out_dir) / "best.pt").read_bytes())
-    _, again = T.run_or_load(config, progress=False)
+    _, again = R.run_or_load(config, progress=False)
     assert "different runs" in capsys.readouterr().err
     assert again.run_id != first.run_id  # retrained, not mixed
 
@@ -219,7 +221,7 @@ def test_best_pt_from_another_run_is_never_returned(tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["delete best", "truncate best", "delete results", "garble results"])
 def test_missing_or_damaged_files_never_leave_a_stuck_run(tmp_path, damage):
     config = toy_config(tmp_path, epochs=1)
-    _, first = T.run_or_load(config, progress=False)
+    _, first = R.run_or_load(config, progress=False)
     out = Path(config.out_dir)
     if damage == "delete best":
         (out / "best.pt").unlink()
@@ -229,17 +231,17 @@ def test_missing_or_damaged_files_never_leave_a_stuck_run(tmp_path, damage):
         (out / "results.json").unlink()
     else:
         (out / "results.json").write_text("{not json")
-    model, result = T.run_or_load(config, progress=False)
+    model, result = R.run_or_load(config, progress=False)
     assert result.epochs_done == 1 and result.test_bpd is not None
     if damage.endswith("results"):  # the checkpoint and best.pt are whole: finished from them, same run
         assert result.run_id == first.run_id and result.test_bpd == first.test_bpd
-    _, loaded = T.run_or_load(config, progress=False)  # and the next call simply loads it
+    _, loaded = R.run_or_load(config, progress=False)  # and the next call simply loads it
     assert loaded.run_id == result.run_id
 
 
 def test_default_run_folder_names_the_changed_fields():
-    a = T.make_config("nice", "cpu")
-    b = T.make_config("nice", "cpu", lr=3e-3, seed=2, epochs=50)
+    a = Cfg.make_config("nice", "cpu")
+    b = Cfg.make_config("nice", "cpu", lr=3e-3, seed=2, epochs=50)
     assert Path(a.out_dir).name == "nice-mnist-cpu"
     assert Path(b.out_dir).name == "nice-mnist-cpu-epochs50-lr0.003-seed2"
 
@@ -328,16 +330,16 @@ def test_nan_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeyp
 
 
 def test_presets_and_bad_names():
-    paper = T.make_config("nice", "paper")
+    paper = Cfg.make_config("nice", "paper")
     # NICE's "beta2 = 0.01" in the first Adam notation (beta = 1 - decay) is today's 0.99.
     assert (paper.lr, paper.betas, paper.eps) == (1e-3, (0.9, 0.99), 1e-4)
-    model = T.build_model(paper)
+    model = Cfg.build_model(paper)
     # 4 couplings of 392 -> 1000 -> (4 x 1000 -> 1000) -> 392 with biases, plus 784 scales.
     assert sum(p.numel() for p in model.parameters()) == 4 * (393 * 1000 + 4 * 1001 * 1000 + 1001 * 392) + 784
     with pytest.raises(ValueError, match="presets for 'nice'"):
-        T.make_config("nice", "huge")
+        Cfg.make_config("nice", "huge")
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
-        T.make_config("nice", "cpu", colour="red")
+        Cfg.make_config("nice", "cpu", colour="red")
 
 
 @needs_mnist
@@ -346,7 +348,7 @@ def test_mnist_quick_preset_trains(tmp_path, model):
     overrides = dict(out_dir=str(tmp_path / model), train_size=128, eval_size=64, epochs=1)
     if model == "realnvp":
         overrides.update(batch_size=32, model_kwargs=dict(hidden_channels=4, num_blocks=1, num_scales=2))
-    result = T.train(T.make_config(model, "quick", **overrides), progress=False)
+    result = T.train(Cfg.make_config(model, "quick", **overrides), progress=False)
     # One epoch on 128 digits (measured): NICE 6.23 bits/dim, held near its data-dependent start
     # (6.05; from S = 0 it would be 10.0); RealNVP 8.96, down from 10.88 untrained.
     low, high = {"nice": (5.9, 6.5), "realnvp": (8.5, 9.5)}[model]
