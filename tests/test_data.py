@@ -1,4 +1,5 @@
-"""Tests of flowlib.data: verified MNIST loading and in-memory mini-batches."""
+"""Tests of flowlib.data (verified MNIST loading, in-memory mini-batches) and of
+flowlib.download (capped, deadlined, verified downloads), through load_mnist."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import flowlib.data as data
+import flowlib.download as download
 from flowlib.data import MNIST_FILES, batches, data_root, load_mnist, mnist_splits
 
 # The verified copy: $FLOWLIB_DATA when set (CI sets it), else ../shared/data beside the repository.
@@ -76,7 +78,7 @@ def test_bad_split():
 def test_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOWLIB_DATA", str(tmp_path / "x"))
     assert data_root() == tmp_path / "x"
-    monkeypatch.delenv("FLOWLIB_DATA")
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
     repo = Path(data.__file__).resolve().parent.parent
 
     def holds_mnist(root: Path) -> bool:
@@ -168,7 +170,7 @@ def test_missing_without_download(tmp_path, monkeypatch):
 
 
 def test_download_failure_is_file_not_found(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
+    monkeypatch.setattr(download, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
     with pytest.raises(FileNotFoundError, match="Downloading them failed") as e:
         load_mnist("test", root=tmp_path)
     assert str(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz") in str(e.value)
@@ -184,7 +186,7 @@ def test_download_verifies_and_caches(tmp_path, monkeypatch):
     for f in MNIST_FILES["test"]:
         (bad / f).write_bytes((SHARED_RAW / f).read_bytes()[:1000])
     mirrors = ((tmp_path / "nowhere").as_uri() + "/", bad.as_uri() + "/", SHARED_RAW.as_uri() + "/")
-    monkeypatch.setattr(data, "MNIST_MIRRORS", mirrors)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", mirrors)
     root = tmp_path / "root"
     x, y = load_mnist("test", root=root)
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
@@ -201,6 +203,32 @@ def test_download_verifies_and_caches(tmp_path, monkeypatch):
     caches[0].write_bytes(b"garbage")
     with pytest.raises(FileNotFoundError):
         load_mnist("test", root=root, download=False)
+
+
+@needs_shared
+def test_tampered_cache_is_rebuilt(tmp_path):
+    # A well-formed cache whose tensors differ from the files by one label is not trusted.
+    _raw_copy(tmp_path)
+    x, y = load_mnist("test", root=tmp_path, download=False)
+    (cache,) = (tmp_path / "MNIST" / "processed").glob("*.pt")
+    tampered = y.clone()
+    tampered[0] = (tampered[0] + 1) % 10
+    torch.save({"images": x, "labels": tampered}, cache)
+    x2, y2 = load_mnist("test", root=tmp_path, download=False)
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+
+
+@needs_shared
+def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    _raw_copy(tmp_path)
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    x, y = load_mnist("test", root=tmp_path, download=False)
+    assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
+    assert not (tmp_path / "MNIST" / "processed").exists()  # no empty folder, no .part file
 
 
 # ---------------------------------------------------------------- where the data lives
@@ -237,7 +265,7 @@ def test_failed_download_creates_no_folder(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     monkeypatch.setattr(data, "_REPO", repo)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
+    monkeypatch.setattr(download, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
     with pytest.raises(FileNotFoundError, match="Downloading them failed"):
         load_mnist("test")
     assert list(repo.iterdir()) == []  # no data/MNIST/raw to shadow ../shared/data later
@@ -248,7 +276,7 @@ def test_failed_download_creates_no_folder(tmp_path, monkeypatch):
 
 @needs_shared
 def test_failed_write_removes_the_folders_it_created(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (SHARED_RAW.as_uri() + "/",))
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (SHARED_RAW.as_uri() + "/",))
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -383,8 +411,8 @@ def _peak_memory(fn) -> tuple[int, BaseException | None]:
 
 def test_download_gzip_bomb_is_cut_off(tmp_path, monkeypatch, hostile_server):
     limit = 2**20
-    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit, raising=False)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (hostile_server + "/bomb/",))
+    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (hostile_server + "/bomb/",))
     peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path / "root"))
     assert isinstance(error, FileNotFoundError), error
     assert f"more than {limit:,} bytes" in str(error)
@@ -394,7 +422,7 @@ def test_download_gzip_bomb_is_cut_off(tmp_path, monkeypatch, hostile_server):
 
 def test_local_gzip_bomb_is_cut_off(tmp_path, monkeypatch):
     limit = 2**20
-    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit, raising=False)
+    monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit)
     raw = _fake_raw(tmp_path, MNIST_FILES["test"])
     bomb = raw / MNIST_FILES["test"][0]
     bomb.write_bytes(_HostileHandler.bomb)
@@ -407,8 +435,8 @@ def test_local_gzip_bomb_is_cut_off(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind, message", [("big", "download passed 65,536 bytes"),
                                            ("big-announced", "announces 67,108,864 bytes")])
 def test_download_size_is_capped(tmp_path, monkeypatch, hostile_server, kind, message):
-    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", 2**16, raising=False)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (f"{hostile_server}/{kind}/",))
+    monkeypatch.setattr(download, "_MAX_DOWNLOAD_BYTES", 2**16)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (f"{hostile_server}/{kind}/",))
     peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path / "root"))
     assert isinstance(error, FileNotFoundError), error
     assert message in str(error)
@@ -418,9 +446,9 @@ def test_download_size_is_capped(tmp_path, monkeypatch, hostile_server, kind, me
 
 def test_trickling_download_meets_the_deadline(tmp_path, monkeypatch, hostile_server):
     # Each read gets a byte well within the per-read timeout: only a total deadline stops it.
-    monkeypatch.setattr(data, "_DEADLINE_S", 1.0, raising=False)
-    monkeypatch.setattr(data, "_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (hostile_server + "/trickle/",))
+    monkeypatch.setattr(download, "_DEADLINE_S", 1.0)
+    monkeypatch.setattr(download, "_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (hostile_server + "/trickle/",))
     start = time.monotonic()
     with pytest.raises(FileNotFoundError, match="deadline") as e:
         load_mnist("test", root=tmp_path / "root")
