@@ -14,7 +14,8 @@ from .distributions import StandardLogistic, StandardNormal, make_prior
 from .flow import Flow, Sequential, check_shape, value_checks
 from .jacobian import flow_log_abs_det, jacobian, log_abs_det_jacobian
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .models import FlowModel, nice, realnvp, realnvp_image
+from .models import (SCHEMES, FlowModel, coupling_stack, nice, realnvp, realnvp_image,
+                     realnvp_image_single_scale, toy_model)
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
 from .normalization import ActNorm, BatchNormFlow
@@ -26,10 +27,11 @@ from .scaling import DiagonalScaling
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",
     "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MLP", "MultiScale",
-    "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation", "Sequential",
-    "Squeeze", "StandardLogistic", "StandardNormal", "alternating_mask", "channel_mask",
-    "check_shape", "checkerboard_mask", "device", "flow_log_abs_det", "half_mask", "jacobian",
-    "log_abs_det_jacobian", "make_prior", "nice", "realnvp", "realnvp_image", "value_checks",
+    "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation", "SCHEMES",
+    "Sequential", "Squeeze", "StandardLogistic", "StandardNormal", "alternating_mask",
+    "channel_mask", "check_shape", "checkerboard_mask", "coupling_stack", "device",
+    "flow_log_abs_det", "half_mask", "jacobian", "log_abs_det_jacobian", "make_prior", "nice",
+    "realnvp", "realnvp_image", "realnvp_image_single_scale", "toy_model", "value_checks",
 ]
 
 __version__ = "0.1.0"

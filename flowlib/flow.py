@@ -142,6 +142,12 @@ class Sequential(Flow):
     >>> z, log_det = f(torch.randn(5, 3))
     >>> z.shape, log_det.shape
     (torch.Size([5, 3]), torch.Size([5]))
+
+    An integer index gives one layer, a slice a `Sequential` of those layers
+    (the same modules, not copies):
+
+    >>> type(f[0]).__name__, type(f[1:]).__name__, len(f[1:]), f[1:][0] is f[1]
+    ('DiagonalScaling', 'Sequential', 1, True)
     """
 
     def __init__(self, *flows: Flow) -> None:
@@ -156,7 +162,10 @@ class Sequential(Flow):
     def __len__(self) -> int:
         return len(self.flows)
 
-    def __getitem__(self, i: int) -> Flow:
+    def __getitem__(self, i: int | slice) -> Flow:
+        """Layer ``i``; a slice gives a `Sequential` of the selected layers."""
+        if isinstance(i, slice):
+            return Sequential(*self.flows[i])
         return self.flows[i]
 
     def __iter__(self) -> Iterator[Flow]:

@@ -4,7 +4,7 @@ By the change of variables, for :math:`z = f(x)`,
 
 .. math:: \\log p_X(x) = \\log p_Z(f(x)) + \\log\\left|\\det \\frac{\\partial f}{\\partial x}\\right|,
 
-and sampling runs the flow backwards, :math:`x = f^{-1}(z)`, :math:`z \\sim p_Z`.
+and sampling runs the flow backwards, :math:`x = f^{-1}(T z)`, :math:`z \\sim p_Z`.
 
 Presets:
 
@@ -12,39 +12,55 @@ Presets:
   4 additive couplings with alternating odd/even partitions, 5 hidden ReLU
   layers of 1000 units each, a diagonal scaling, a logistic prior.
 * `realnvp`: a vector RealNVP (affine couplings, alternating masks) for 2D toys.
+* `toy_model`: `nice` or `realnvp` sized for the 2D toys, seeded without
+  touching the global random state (the playground and the trainer share it).
+* `coupling_stack`: vector affine couplings that differ only in how they
+  shuffle between couplings (the schemes of chapter 4, `SCHEMES`).
 * `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2016, section 3.6)
-  with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit images.
+  with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
+  images; `realnvp_image_single_scale` has the same couplings and no factor-out.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import Prior, make_prior
-from .flow import Flow, Sequential
-from .masks import alternating_mask, channel_mask, checkerboard_mask
+from .flow import Flow, Sequential, value_checks_enabled
+from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
+from .permutations import RandomPermutation, ReversePermutation
 from .preprocess import Dequantize, Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
 
-__all__ = ["FlowModel", "nice", "realnvp", "realnvp_image"]
+__all__ = [
+    "FlowModel", "SCHEMES", "coupling_stack", "nice", "realnvp", "realnvp_image",
+    "realnvp_image_single_scale", "toy_model",
+]
+
+#: The shuffling schemes of chapter 4 (see `coupling_stack`).
+SCHEMES: tuple[str, ...] = ("alternating", "half", "half+reverse", "half+random", "half+1x1conv")
 
 
 class FlowModel(nn.Module):
     """A flow ``f`` (data to latent) paired with a prior ``p_Z``.
 
+    ``device`` and ``dtype`` are the model's (they follow ``.to()``, also for
+    a flow without parameters). A multi-scale model's stages are reached by
+    name: ``model.multiscale.levels[k]`` and ``model.multiscale.final``.
+
     >>> model = realnvp(2, num_couplings=2, hidden=8)
-    >>> model.log_prob(torch.randn(5, 2)).shape
-    torch.Size([5])
-    >>> model.sample(3).shape
-    torch.Size([3, 2])
+    >>> model.log_prob(torch.randn(5, 2)).shape, model.sample(3).shape, model.dtype
+    (torch.Size([5]), torch.Size([3, 2]), torch.float32)
     """
 
     def __init__(
@@ -57,6 +73,33 @@ class FlowModel(nn.Module):
         self.event_shape = tuple(event_shape)
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else self.event_shape
         self.num_dims = math.prod(self.event_shape)
+        tensors = itertools.chain(flow.parameters(), flow.buffers())
+        ref = next((t for t in tensors if t.is_floating_point()), None)
+        like = {} if ref is None else dict(dtype=ref.dtype, device=ref.device)
+        # an empty tensor that moves with .to(): the model's device and dtype, even without parameters
+        self.register_buffer("_anchor", torch.empty(0, **like), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's tensors live on."""
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type the model computes in."""
+        return self._anchor.dtype
+
+    @property
+    def multiscale(self) -> MultiScale:
+        """The `~flowlib.multiscale.MultiScale` body (``levels``, ``final``, ``split_latent``).
+
+        >>> realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1).multiscale.latent_shapes
+        [(2, 4, 4), (2, 4, 4)]
+        """
+        found = [m for m in self.flow.modules() if isinstance(m, MultiScale)]
+        if not found:
+            raise ValueError(f"this model's flow ({type(self.flow).__name__}) has no MultiScale stage")
+        return found[0]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log_det)`` of the flow."""
@@ -67,7 +110,23 @@ class FlowModel(nn.Module):
         return self.flow.inverse(z)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """:math:`\\log p_X(x)` in nats per example, shape ``(B,)``."""
+        """:math:`\\log p_X(x)` in nats per example, shape ``(B,)``.
+
+        Integer input (8-bit images) is taken as is; floating-point input must
+        have the model's dtype and, with value checks on, be finite.
+
+        >>> realnvp(2, 2, 8).log_prob(torch.zeros(1, 2, dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        ValueError: FlowModel.log_prob expects input of dtype torch.float32 (the model's), got torch.float64
+        """
+        if x.is_floating_point():
+            if x.dtype != self.dtype:
+                raise ValueError(f"FlowModel.log_prob expects input of dtype {self.dtype} (the model's), "
+                                 f"got {x.dtype}")
+            if value_checks_enabled() and x.numel() and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"FlowModel.log_prob got {int((~torch.isfinite(x)).sum())} NaN or Inf "
+                                 f"values in an input of shape {tuple(x.shape)}")
         z, log_det = self.flow(x)
         return self.prior.log_prob(z) + log_det
 
@@ -75,22 +134,29 @@ class FlowModel(nn.Module):
         """:math:`-\\log p_X(x) / (D \\ln 2)` per example."""
         return -self.log_prob(x) / (self.num_dims * math.log(2))
 
-    def _param(self) -> Tensor:
-        return next(self.parameters())
-
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
         return_latent: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Draw ``n`` samples :math:`x = f^{-1}(T \\cdot z)`, :math:`z \\sim p_Z`."""
+        """Draw ``n`` samples :math:`x = f^{-1}(T \\cdot z)`, :math:`z \\sim p_Z` (``T = 0``: the prior's mode).
+
+        >>> realnvp(2, 2, 8).sample(2, temperature=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be finite and >= 0, got -1.0
+        """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        ref = self._param()
-        z = self.prior.sample((n, *self.latent_shape), temperature, device=ref.device,
-                              dtype=ref.dtype, generator=generator)
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        z = self.prior.sample((n, *self.latent_shape), temperature, device=self.device,
+                              dtype=self.dtype, generator=generator)
         x, _ = self.flow.inverse(z)
         return (x, z) if return_latent else x
+
+
+# ----------------------------------------------------------------------------- vector models
 
 
 def nice(
@@ -143,6 +209,93 @@ def realnvp(
     return FlowModel(Sequential(*layers), prior, (dim,))
 
 
+def toy_model(
+    kind: str = "realnvp", num_couplings: int = 8, hidden: int = 64, num_hidden_layers: int = 2,
+    prior: str | None = None, seed: int = 0,
+) -> FlowModel:
+    """A 2D flow for the toy densities; its weights depend on ``seed`` only.
+
+    * ``"nice"``: `nice` (additive couplings on alternating 1-D halves,
+      :math:`h_2 = h_2 + m(h_1)`, then a diagonal scaling); logistic prior by default.
+    * ``"realnvp"``: `realnvp` (:math:`h_2 = h_2 e^{s(h_1)} + t(h_1)`); normal prior by default.
+
+    The weights are drawn inside ``torch.random.fork_rng``, so the global
+    random state is the same before and after.
+
+    >>> from flowlib.analysis import count_parameters
+    >>> count_parameters(toy_model("nice", 4, 16)), count_parameters(toy_model("realnvp", 4, 16))
+    (1286, 1356)
+    """
+    if kind not in ("nice", "realnvp"):
+        raise ValueError(f"kind must be 'nice' or 'realnvp', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "nice":
+            return nice(2, num_couplings, hidden, num_hidden_layers, prior=prior or "logistic")
+        return realnvp(2, num_couplings, hidden, num_hidden_layers, prior=prior or "normal")
+
+
+def coupling_stack(
+    dim: int, scheme: str, num_couplings: int, hidden: int = 64, num_hidden_layers: int = 2,
+    zero_init: bool = True, seed: int = 0, conv_init: str = "rotation",
+) -> list[Flow]:
+    """Affine couplings on vectors, shuffled between couplings according to ``scheme`` (`SCHEMES`).
+
+    * ``alternating``: odd/even coordinates, parity flipped at every coupling (NICE);
+    * ``half``: always the first half conditions, no shuffling (the broken case);
+    * ``half+reverse``: first half conditions, then the order is reversed;
+    * ``half+random``: first half conditions, then a fixed random permutation
+      (a new one, seeded ``seed + k``, after coupling ``k``);
+    * ``half+1x1conv``: first half conditions, then a learned invertible linear
+      map (Glow's 1x1 convolution on a vector) that starts as a random
+      rotation (``conv_init="rotation"``, Glow's choice) or as the identity
+      (``conv_init="identity"``: no mixing until it is learned).
+
+    Every coupling's net is an `~flowlib.nets.MLP`; ``zero_init=False`` gives
+    random weights (for dependency pictures), the default starts at the identity.
+    Each entry is one coupling and its shuffle (a `~flowlib.flow.Sequential`),
+    so ``k`` entries are ``k`` couplings.
+
+    >>> [[type(f).__name__ for f in block] for block in coupling_stack(4, "half+reverse", 2)]
+    [['AffineCoupling', 'ReversePermutation'], ['AffineCoupling', 'ReversePermutation']]
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if conv_init not in ("rotation", "identity"):
+        raise ValueError(f"conv_init must be 'rotation' or 'identity', got {conv_init!r}")
+    layers: list[Flow] = []
+    for k in range(num_couplings):
+        mask = alternating_mask(dim, k % 2) if scheme == "alternating" else half_mask(dim)
+        n_cond = int(mask.sum())
+        net = MLP(n_cond, 2 * (dim - n_cond), hidden=hidden, num_hidden_layers=num_hidden_layers,
+                  zero_init=zero_init)
+        block: list[Flow] = [AffineCoupling(mask, net)]
+        if scheme == "half+reverse":
+            block.append(ReversePermutation(dim))
+        elif scheme == "half+random":
+            block.append(RandomPermutation(dim, seed=seed + k))
+        elif scheme == "half+1x1conv":
+            conv = InvertibleConv1x1(dim, seed=seed + k)
+            if conv_init == "identity":
+                _set_identity(conv)
+            block.append(conv)
+        layers.append(Sequential(*block))
+    return layers
+
+
+@torch.no_grad()
+def _set_identity(conv: InvertibleConv1x1) -> None:
+    """Set :math:`P = I, L = I, U = 0, s = 1`, so that :math:`W = I`."""
+    conv.p.copy_(torch.eye(conv.num_channels))
+    conv.sign_s.fill_(1.0)
+    conv.lower.zero_()
+    conv.upper.zero_()
+    conv.log_s.zero_()
+
+
+# ----------------------------------------------------------------------------- image models
+
+
 def _checkerboard_coupling(shape: tuple[int, int, int], parity: int, hidden: int, blocks: int) -> AffineCoupling:
     c, h, w = shape
     net = ResidualConvNet(c, 2 * c, hidden_channels=hidden, num_blocks=blocks)
@@ -157,6 +310,18 @@ def _channel_coupling(shape: tuple[int, int, int], parity: int, hidden: int, blo
     return AffineCoupling(mask, net)
 
 
+def _check_image_shape(shape: Sequence[int], num_scales: int) -> tuple[int, int, int]:
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (C, H, W), got {shape}")
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+    factor = 2 ** (num_scales - 1)
+    if shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"{num_scales} scales need H and W divisible by {factor}, got H={shape[1]}, W={shape[2]}")
+    return shape  # type: ignore[return-value]
+
+
 def realnvp_image(
     shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 3, hidden_channels: int = 64,
     num_blocks: int = 4, alpha: float = 0.05, prior: str = "normal", preprocess: bool = True,
@@ -169,20 +334,14 @@ def realnvp_image(
     coupling (``num_blocks`` blocks of ``hidden_channels``). With
     ``preprocess`` (default) the flow starts with `Dequantize` and `Logit`, so
     ``log_prob`` takes 8-bit images and returns the discrete-data bound in nats.
+    The scales are ``model.multiscale.levels`` and ``model.multiscale.final``.
 
     >>> model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=8, num_blocks=1)
-    >>> model.log_prob(torch.randint(0, 256, (2, 1, 8, 8))).shape
-    torch.Size([2])
+    >>> model.log_prob(torch.randint(0, 256, (2, 1, 8, 8))).shape, len(model.multiscale.levels)
+    (torch.Size([2]), 1)
     """
-    shape = tuple(shape)
-    if len(shape) != 3:
-        raise ValueError(f"shape must be (C, H, W), got {shape}")
-    if num_scales < 1:
-        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+    shape = _check_image_shape(shape, num_scales)
     c, h, w = shape
-    factor = 2 ** (num_scales - 1)
-    if h % factor or w % factor:
-        raise ValueError(f"{num_scales} scales need H and W divisible by {factor}, got H={h}, W={w}")
     levels: list[Flow] = []
     for _ in range(num_scales - 1):
         before = [_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(3)]
@@ -194,3 +353,29 @@ def realnvp_image(
     body = MultiScale(levels, final, shape)
     flow = Sequential(Dequantize(), Logit(alpha), body) if preprocess else body
     return FlowModel(flow, prior, shape, latent_shape=(math.prod(shape),))
+
+
+def realnvp_image_single_scale(
+    shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 3, hidden_channels: int = 64,
+    num_blocks: int = 4, alpha: float = 0.05, prior: str = "normal",
+) -> FlowModel:
+    """The couplings of `realnvp_image`, without factoring out (chapter 6's baseline).
+
+    Same number of couplings and squeezes, in the same order, but every layer
+    keeps all :math:`C H W` variables, so each later scale works on twice the
+    channels of the multi-scale model. The latent has shape
+    :math:`(C\\,4^{L-1}, H / 2^{L-1}, W / 2^{L-1})`.
+
+    >>> m = realnvp_image_single_scale((1, 8, 8), num_scales=2, hidden_channels=8, num_blocks=1)
+    >>> m.latent_shape, m.log_prob(torch.randint(0, 256, (2, 1, 8, 8))).shape
+    ((4, 4, 4), torch.Size([2]))
+    """
+    c, h, w = _check_image_shape(shape, num_scales)
+    layers: list[Flow] = [Dequantize(), Logit(alpha)]
+    for _ in range(num_scales - 1):
+        layers += [_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(3)]
+        layers.append(Squeeze())
+        c, h, w = 4 * c, h // 2, w // 2
+        layers += [_channel_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(3)]
+    layers += [_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(4)]
+    return FlowModel(Sequential(*layers), prior, shape, latent_shape=(c, h, w))

@@ -30,11 +30,14 @@ What the trainer guarantees, and how:
   touching the training run's random state. A second Ctrl-C stops at once
   without saving (the last checkpoint stays).
 * **Nothing lost.** Checkpoints are written atomically (a temporary file of
-  this writer, then a rename) every ``checkpoint_minutes``, at the end of
-  every epoch and on a stop. The folder's writability and free space are
-  checked before the first step, and a failed write names the path and the
-  cause. A fresh run in a folder holding another run moves that run's files
-  into ``replaced-<time>/`` and says so. One trainer per folder (``.lock``).
+  this writer, then a rename) every ``checkpoint_minutes`` (looked at every
+  ``log_every`` steps and at each epoch's end), after the last epoch and on a
+  stop; a kill -9 loses at most the steps since the last one. ``best.pt`` is
+  written whenever the validation score improves. The folder's writability
+  and free space are checked before the first step, and a failed write names
+  the path and the cause. A fresh run in a folder holding another run moves
+  that run's files into ``replaced-<time>/`` and says so. One trainer per
+  folder (``.lock``).
 * **Runs that cannot be mixed up.** ``checkpoint.pt``, ``best.pt`` and
   ``results.json`` carry the config and a run id; `run_or_load` returns a
   model only when all agree, and retrains (saying why) when ``best.pt`` is
@@ -123,6 +126,7 @@ class _Run:
     net: nn.Module | None = None
     stop: StopFlag = field(default_factory=StopFlag)
     in_step: bool = False
+    last_checkpoint: float = field(default_factory=time.perf_counter)
     interrupted: bool = False
     clock: float = 0.0
 
@@ -231,6 +235,11 @@ def _start_or_restore(run: _Run, resume: bool) -> None:
         initialize_from_data(run.model, run.splits["train"][first.to(run.device)])  # before DDP: same on every rank
     run.net = wrap_data_parallel(run.model, run.device)
     run.clock = time.perf_counter() - run.state["wall_seconds"]
+    if run.rank == 0:
+        st, cfg = run.state, run.config
+        print(f"Training {cfg.model} ({cfg.preset}) on {device_name(run.device)}, {run.precision}: "
+              f"{run.steps_per_epoch} steps an epoch, epoch {st['epoch'] + 1} step {st['step_in_epoch']} "
+              f"of {cfg.epochs} epochs; run folder {run.out}", file=sys.stderr, flush=True)
 
 
 def _move_aside(out: Path) -> None:
@@ -270,7 +279,7 @@ def _one_epoch(run: _Run, progress: bool) -> None:
     loss_sum = torch.tensor(st["loss_sum"], dtype=torch.float64, device=run.device)
     bar = _progress(run.steps_per_epoch, f"epoch {st['epoch'] + 1}/{cfg.epochs}", progress and run.rank == 0)
     bar.update(st["step_in_epoch"])
-    last_checkpoint, t_log, seen = time.perf_counter(), time.perf_counter(), 0
+    t_log, seen = time.perf_counter(), 0
     run.model.train()
     try:
         with value_checks(False):
@@ -284,9 +293,7 @@ def _one_epoch(run: _Run, progress: bool) -> None:
                 if seen % cfg.log_every == 0 or st["step_in_epoch"] == run.steps_per_epoch:
                     st["loss_sum"] = loss_sum.item()  # one host sync per log interval
                     _log(run, bar, seen * cfg.batch_size / (time.perf_counter() - t_log))
-                    if time.perf_counter() - last_checkpoint > 60 * cfg.checkpoint_minutes:
-                        _save_checkpoint(run)
-                        last_checkpoint = time.perf_counter()
+                    _checkpoint_if_due(run)
     finally:
         if not run.in_step:
             st["loss_sum"] = loss_sum.item()
@@ -351,7 +358,7 @@ def _end_of_epoch(run: _Run, progress: bool, on_epoch: Callable[[dict[str, float
         if run.rank == 0:
             atomic_save({"config": config_dict(run.config), "run_id": st["run_id"], "model": run.model.state_dict(),
                          "epoch": st["epoch"], "valid_bpd": valid_bpd}, run.path("best.pt"))
-    _save_checkpoint(run)
+    _checkpoint_if_due(run, last_epoch=st["epoch"] == run.config.epochs)
     if run.rank == 0 and progress:
         print(f"epoch {record['epoch']}: train {record['train_bpd']:.4f}, valid {valid_bpd:.4f} bits/dim",
               flush=True)
@@ -380,9 +387,16 @@ def _save_checkpoint(run: _Run) -> None:
     if not all(torch.isfinite(p).all() for p in run.model.parameters()):
         raise TrainingDiverged(f"parameters are not finite; kept the last good checkpoint in {run.path('checkpoint.pt')}")
     run.state["wall_seconds"] = run.wall_seconds()
+    run.last_checkpoint = time.perf_counter()
     atomic_save({"config": config_dict(run.config), "model": run.model.state_dict(),
                  "optimizer": run.optimizer.state_dict(), "rng": rng_state(run.device), "state": run.state},
                 run.path("checkpoint.pt"))
+
+
+def _checkpoint_if_due(run: _Run, last_epoch: bool = False) -> None:
+    """A checkpoint every ``checkpoint_minutes`` (between steps or at an epoch's end) and after the last epoch."""
+    if last_epoch or time.perf_counter() - run.last_checkpoint > 60 * run.config.checkpoint_minutes:
+        _save_checkpoint(run)
 
 
 def _stopped(run: _Run, by_user: bool) -> None:

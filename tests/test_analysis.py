@@ -1,135 +1,147 @@
-"""Tests of flowlib.analysis: dependency patterns, mixing depth, counting, the small training loop."""
+"""flowlib.analysis: dependency patterns against known Jacobians, mixing depths, parameter and MAC counts."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from flowlib.analysis import (
-    SCHEMES, count_macs, count_parameters, coupling_stack, dependency, dependency_after, downscale,
-    evaluate_bpd, fit, mixing_depth, realnvp_image_single_scale, width_for_params,
-)
+from flowlib.analysis import (count_macs, count_parameters, dependency, dependency_after, mixing_depth,
+                              width_for_params)
+from flowlib.conv1x1 import InvertibleConv1x1
 from flowlib.flow import Sequential
 from flowlib.jacobian import flow_log_abs_det
-from flowlib.models import FlowModel, realnvp, realnvp_image
-from flowlib.preprocess import Dequantize, Logit
+from flowlib.models import SCHEMES, coupling_stack, realnvp_image
+
+
+# ----------------------------------------------------------------------------- dependency
+
+
+def test_dependency_is_the_union_over_examples() -> None:
+    # d(x0 * x1)/dx0 = x1 is zero at the first example only: the union still has it
+    fn = lambda x: torch.stack([x[:, 0] * x[:, 1], x[:, 2] ** 2], 1)
+    x = torch.tensor([[1.0, 0.0, 2.0], [1.0, 3.0, 0.5]])
+    assert dependency(fn, x).tolist() == [[True, True, False], [False, False, True]]
+    assert dependency(fn, x[:1]).tolist() == [[False, True, False], [False, False, True]]
+    # tol: entries of magnitude at most tol do not count; at the second example the Jacobian is
+    # [[x1, x0, 0], [0, 0, 2 x2]] = [[3, 1, 0], [0, 0, 1]]
+    assert dependency(fn, x[1:], tol=1.5).tolist() == [[True, False, False], [False, False, False]]
+
+
+def test_single_coupling_pattern_is_block_triangular() -> None:
+    (layer,) = coupling_stack(6, "half", 1, hidden=8, zero_init=False)
+    p = dependency(lambda v: layer(v)[0], torch.randn(3, 6))
+    eye = torch.eye(3, dtype=torch.bool)
+    assert torch.equal(p[:3, :3], eye) and not p[:3, 3:].any()
+    assert p[3:, :3].all() and torch.equal(p[3:, 3:], eye)
+
+
+def test_dependency_after_is_the_pattern_of_each_prefix() -> None:
+    stack = coupling_stack(8, "half+reverse", 3, hidden=8, zero_init=False)
+    x = torch.randn(2, 8)
+    pats = dependency_after(stack, x)
+    assert len(pats) == 3 and len(dependency_after(stack, x, max_layers=2)) == 2
+    for k, p in enumerate(pats, start=1):  # against the Jacobian of the composition, by autograd
+        prefix = Sequential(*stack[:k])
+        j = torch.func.vmap(torch.func.jacrev(lambda v: prefix(v[None])[0][0]))(x)
+        assert torch.equal(p, (j != 0).any(0))
+
+
+def test_mixing_depth() -> None:
+    eye, full = torch.eye(3, dtype=torch.bool), torch.ones(3, 3, dtype=torch.bool)
+    assert mixing_depth([eye, eye, full, full]) == 3
+    assert mixing_depth([eye, eye]) is None and mixing_depth([]) is None
 
 
 def _depth(scheme: str, dim: int = 16, layers: int = 8) -> int | None:
-    torch.manual_seed(0)
     stack = coupling_stack(dim, scheme, layers, hidden=16, zero_init=False)
     return mixing_depth(dependency_after(stack, torch.randn(4, dim)))
 
 
-def test_single_coupling_pattern_is_block_triangular():
-    torch.manual_seed(0)
-    (layer,) = coupling_stack(6, "half", 1, hidden=8, zero_init=False)
-    p = dependency(lambda v: layer(v)[0], torch.randn(3, 6))
-    # conditioning half: identity; transformed half: all of x1 plus itself only
-    assert torch.equal(p[:3, :3], torch.eye(3, dtype=torch.bool))
-    assert not p[:3, 3:].any()
-    assert p[3:, :3].all()
-    assert torch.equal(p[3:, 3:], torch.eye(3, dtype=torch.bool))
-
-
-def test_mixing_depths_of_the_schemes():
-    # x1 passes a coupling unchanged, so it takes a third coupling to reach it
+def test_mixing_depths_of_the_schemes() -> None:
+    # x1 passes a coupling unchanged, so it takes a third coupling to reach every output from every input
     assert _depth("alternating") == 3
     assert _depth("half+reverse") == 3
-    assert _depth("half+1x1conv") == 1
+    assert _depth("half+1x1conv") == 1  # a rotation mixes everything at once
     assert _depth("half") is None  # the first half is never transformed
     assert _depth("half+random", layers=12) > 3  # some coordinates sit in x1 several times in a row
 
 
-def test_dependency_after_composes_prefixes():
-    torch.manual_seed(0)
-    stack = coupling_stack(8, "half+reverse", 2, hidden=8, zero_init=False)
-    pats = dependency_after(stack, torch.randn(2, 8))
-    assert len(pats) == 2 and all(p.shape == (8, 8) for p in pats)
-    assert mixing_depth(pats) is None  # two couplings are not enough
-    pats = dependency_after(coupling_stack(8, "half+reverse", 3, hidden=8, zero_init=False), torch.randn(2, 8))
-    assert mixing_depth(pats) == 3
-
-
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_coupling_stack_is_a_flow(scheme):
-    torch.manual_seed(0)
+def test_coupling_stack_is_a_flow(scheme: str) -> None:
     flow = Sequential(*coupling_stack(6, scheme, 3, hidden=8, zero_init=False)).double()
     x = torch.randn(4, 6, dtype=torch.float64)
     z, log_det = flow(x)
-    assert torch.allclose(flow.inverse(z)[0], x, atol=1e-10)
-    assert torch.allclose(log_det, flow_log_abs_det(flow, x), atol=1e-10)
+    torch.testing.assert_close(flow.inverse(z)[0], x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(log_det, flow_log_abs_det(flow, x), rtol=1e-10, atol=1e-10)
 
 
-def test_identity_initialised_conv_starts_without_mixing():
-    torch.manual_seed(0)
+def test_identity_initialised_conv_starts_without_mixing() -> None:
     stack = coupling_stack(6, "half+1x1conv", 2, hidden=8, zero_init=False, conv_init="identity")
-    conv = stack[0][1]
-    assert torch.allclose(conv.weight(), torch.eye(6))
-    assert mixing_depth(dependency_after(stack, torch.randn(3, 6))) is None  # same pattern as "half"
+    torch.testing.assert_close(stack[0][1].weight(), torch.eye(6))
+    assert mixing_depth(dependency_after(stack, torch.randn(3, 6))) is None  # the pattern of "half"
     with pytest.raises(ValueError, match="conv_init"):
         coupling_stack(6, "half+1x1conv", 1, conv_init="zeros")
-
-
-def test_unknown_scheme():
     with pytest.raises(ValueError, match="scheme"):
         coupling_stack(4, "shuffle", 1)
 
 
-def test_count_parameters_and_macs():
+# ----------------------------------------------------------------------------- size and cost
+
+
+def test_count_parameters_of_plain_layers() -> None:
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Conv2d(1, 2, 3, padding=1))
-    assert count_parameters(net) == 4 * 3 + 3 + 2 * 9 + 2
-    conv = nn.Conv2d(2, 5, 3, padding=1)
-    macs = count_macs(conv, lambda: conv(torch.randn(3, 2, 4, 4)), batch_size=3)
-    assert macs == 5 * 4 * 4 * 2 * 9
+    assert count_parameters(net) == sum(p.numel() for p in net.parameters()) == 4 * 3 + 3 + 2 * 9 + 2
+    net[0].requires_grad_(False)  # frozen weights are not trained, so not counted
+    assert count_parameters(net) == 2 * 9 + 2
 
 
-def test_width_for_params():
-    build = lambda w: nn.Sequential(nn.Linear(10, w), nn.Linear(w, 10))
-    w = width_for_params(build, 2100)
-    assert w == 100
+class _Weight(nn.Module):
+    """``conv.weight()`` as a module's forward, so that torch.func can differentiate it by parameter."""
+
+    def __init__(self, conv: InvertibleConv1x1) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self) -> torch.Tensor:
+        return self.conv.weight()
 
 
-def test_single_scale_matches_multiscale_depth_and_costs_more():
-    kw = dict(hidden_channels=8, num_blocks=1)
-    multi = realnvp_image((1, 8, 8), num_scales=3, **kw)
-    single = realnvp_image_single_scale((1, 8, 8), num_scales=3, **kw)
-    couplings = lambda m: sum(1 for mod in m.modules() if type(mod).__name__ == "AffineCoupling")
-    assert couplings(multi) == couplings(single) == 16
+@pytest.mark.parametrize("c", [2, 5])
+def test_count_parameters_of_a_1x1_conv_is_its_degrees_of_freedom(c: int) -> None:
+    # the rank of dW / d(parameters) is the number of directions in which W can move
+    module = _Weight(InvertibleConv1x1(c, seed=1).double())
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    jac = torch.func.jacrev(lambda ps: torch.func.functional_call(module, ps, ()))(params)
+    rank = torch.linalg.matrix_rank(torch.cat([j.reshape(c * c, -1) for j in jac.values()], 1))
+    assert count_parameters(module.conv) == int(rank) == c * c
+    assert sum(p.numel() for p in module.parameters()) == 2 * c * c + c  # what is stored
+    module.requires_grad_(False)
+    assert count_parameters(module.conv) == 0
+
+
+def test_count_macs_matches_torch_flop_counter() -> None:
+    # torch counts 2 FLOPs per multiply-accumulate of a matmul or convolution
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(6 * 5 * 5, 7))
+    x = torch.randn(3, 4, 9, 9)
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    assert count_macs(net, lambda: net(x), batch_size=3) == counter.get_total_flops() / 2 / 3
+
+
+def test_count_macs_of_a_realnvp_matches_torch_flop_counter() -> None:
+    model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1).eval()
     x = torch.randint(0, 256, (2, 1, 8, 8))
-    multi.eval(), single.eval()
-    cost = lambda m: count_macs(m, lambda: m.log_prob(x), batch_size=2)
-    assert cost(single) > cost(multi)
-    assert single.sample(2).shape == (2, 1, 8, 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.log_prob(x)
+    convs = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    assert count_macs(model, lambda: model.log_prob(x), batch_size=2) == convs / 2 / 2
 
 
-def test_single_scale_log_det_matches_autograd():
-    torch.manual_seed(0)
-    m = realnvp_image_single_scale((1, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1).double().eval()
-    body = Sequential(*list(m.flow)[2:])  # after Dequantize and Logit
-    for p in body.parameters():
-        nn.init.normal_(p, std=0.1)
-    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
-    assert torch.allclose(body(x)[1], flow_log_abs_det(body, x), atol=1e-8)
-
-
-def test_downscale():
-    x = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
-    y = downscale(x)
-    assert y.shape == (5, 1, 14, 14) and y.dtype == torch.uint8
-    assert abs(y.float().mean() - x.float().mean()) < 1.0
-
-
-def test_fit_lowers_bits_per_dim_and_reports():
-    torch.manual_seed(0)
-    data = torch.randint(0, 256, (256, 4)) // 64 * 64  # four levels only: learnable
-    flow = Sequential(Dequantize(), Logit(0.05), *realnvp(4, num_couplings=2, hidden=16).flow)
-    model = FlowModel(flow, "normal", (4,))
-    before = evaluate_bpd(model, data)
-    r = fit(model, data, valid=data[:64], steps=60, lr=3e-3, batch_size=64, test=data[:64])
-    assert len(r.train_bpd) == 60 and r.valid_steps[-1] == 60 and len(r.valid_bpd) == len(r.valid_steps)
-    assert math.isfinite(r.test_bpd) and r.test_bpd < before
-    assert r.seconds > 0
+def test_width_for_params_is_the_closest_width() -> None:
+    build = lambda w: nn.Sequential(nn.Linear(10, w), nn.Linear(w, 10))
+    for target in (2100, 2111, 777, 5):
+        best = min(range(1, 300), key=lambda w: (abs(count_parameters(build(w)) - target), w))
+        assert width_for_params(build, target, high=300) == best

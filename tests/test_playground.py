@@ -1,169 +1,152 @@
-"""The playground's plain functions and its widgets (tiny sizes, fast)."""
+"""The widgets of chapters 1-3: what they show is what flowlib.fit, flowlib.plots and flowlib.warp compute."""
 
 from __future__ import annotations
 
-import math
+import re
+import subprocess
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np
 import pytest
-import torch
 
-from flowlib.coupling import AdditiveCoupling, AffineCoupling
-from flowlib.jacobian import flow_log_abs_det
-from flowlib.playground import (
-    PLAYGROUND_CLASSES, Warp2D, density_grid, evaluate_nll, figure_png, make_toy_model,
-    num_parameters, plot_density_and_samples, playground, train_toy, transform_playground,
-    warp_density_and_samples,
-)
-from flowlib.scaling import DiagonalScaling
-from flowlib.toy import sample_toy
+import flowlib.playground as pg
+from flowlib.analysis import count_parameters
+from flowlib.fit import evaluate, fit
+from flowlib.models import toy_model
+from flowlib.playground import DEFAULT_LR, PLAYGROUND_CLASSES, playground, transform_playground
+from flowlib.plots import figure_png, plot_density_and_samples
+from flowlib.toy import toy_splits
+from flowlib.warp import plot_warp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_make_toy_model_kinds() -> None:
-    nice = make_toy_model("nice", num_couplings=3, hidden=8)
-    layers = list(nice.flow)
-    assert all(isinstance(l, AdditiveCoupling) for l in layers[:3])
-    assert isinstance(layers[3], DiagonalScaling)
-    # alternating 1-D halves: the conditioning coordinate flips at every layer
-    assert [l.mask.tolist() for l in layers[:3]] == [[True, False], [False, True], [True, False]]
-    assert type(nice.prior).__name__ == "StandardLogistic"
-    real = make_toy_model("realnvp", num_couplings=3, hidden=8)
-    assert all(isinstance(l, AffineCoupling) for l in real.flow)
-    assert type(real.prior).__name__ == "StandardNormal"
-    assert type(make_toy_model("nice", 2, 8, prior="normal").prior).__name__ == "StandardNormal"
-    with pytest.raises(ValueError, match="kind"):
-        make_toy_model("glow")
-
-
-def test_make_toy_model_seeded() -> None:
-    a, b = make_toy_model("realnvp", 2, 8, seed=3), make_toy_model("realnvp", 2, 8, seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    # NICE and RealNVP of the same size have almost the same parameter count
-    n, r = num_parameters(make_toy_model("nice", 4, 16)), num_parameters(make_toy_model("realnvp", 4, 16))
-    assert abs(n - r) / r < 0.1
-
-
-def test_train_toy_lowers_loss_and_reports_progress() -> None:
-    torch.manual_seed(0)
-    data = sample_toy("8gaussians", 2000, seed=0)
-    model = make_toy_model("realnvp", 2, 16)
-    before = evaluate_nll(model, data)
-    calls: list[tuple[int, float]] = []
-    losses = train_toy(model, data, steps=60, lr=1e-2, batch_size=128,
-                       callback=lambda s, l: calls.append((s, l)), callback_every=25)
-    assert len(losses) == 60 and all(math.isfinite(l) for l in losses)
-    assert [s for s, _ in calls] == [25, 50, 60]
-    assert evaluate_nll(model, data) < before
-    assert not model.training
-
-
-def test_train_toy_is_reproducible() -> None:
-    data = sample_toy("two_moons", 500, seed=0)
-    runs = [train_toy(make_toy_model("nice", 2, 8, seed=1), data, steps=5, lr=1e-3, batch_size=32, seed=2)
-            for _ in range(2)]
-    assert runs[0] == runs[1]
-
-
-def test_train_toy_rejects_bad_input() -> None:
-    model = make_toy_model("nice", 2, 8)
-    with pytest.raises(ValueError, match="steps"):
-        train_toy(model, torch.randn(10, 2), steps=0)
-    with pytest.raises(ValueError, match="shape"):
-        train_toy(model, torch.randn(10), steps=1)
-
-
-def test_evaluate_nll_matches_log_prob() -> None:
-    model = make_toy_model("realnvp", 2, 8)
-    x = torch.randn(100, 2)
-    # at initialisation the flow is the identity, so NLL is the prior's
-    expected = (0.5 * (x ** 2).sum(1) + math.log(2 * math.pi)).mean().item()
-    assert evaluate_nll(model, x, batch_size=7) == pytest.approx(expected, rel=1e-5)
-
-
-def test_density_grid_integrates_to_one() -> None:
-    model = make_toy_model("nice", 2, 8)
-    xs, ys, d = density_grid(model, bounds=(-12, 12), resolution=121)
-    assert d.shape == (121, 121) and xs.shape == ys.shape == (121,)
-    assert np.all(d >= 0)
-    area = (xs[1] - xs[0]) * (ys[1] - ys[0])
-    assert d.sum() * area == pytest.approx(1.0, abs=0.01)
-    # row i, column j is the point (xs[j], ys[i])
-    x = torch.tensor([[xs[5], ys[70]]], dtype=torch.float32)
-    assert d[70, 5] == pytest.approx(model.log_prob(x).exp().item(), rel=1e-4)
-
-
-def test_warp2d_log_det_matches_autograd() -> None:
-    f = Warp2D(scale=(1.7, 0.6), bend=0.5, angle=0.7, tails=0.8)
-    x = torch.randn(16, 2, dtype=torch.float64)
-    z, log_det = f(x)
-    torch.testing.assert_close(log_det, flow_log_abs_det(f, x))
-    x_back, inv_log_det = f.inverse(z)
-    torch.testing.assert_close(x_back, x)
-    torch.testing.assert_close(inv_log_det, -log_det)
-    lin = Warp2D(scale=(2.0, 0.5))
-    assert torch.allclose(lin(x)[1], torch.zeros(16, dtype=torch.float64))
-    with pytest.raises(ValueError, match="scale"):
-        Warp2D(scale=(1.0, -1.0))
-
-
-def test_warp_density_normalised() -> None:
-    xs, ys, d, s = warp_density_and_samples(1.2, 0.5, 0.3, 30, 0.5, n_samples=50, bounds=(-8, 8),
-                                            resolution=200)
-    assert d.sum() * (xs[1] - xs[0]) * (ys[1] - ys[0]) == pytest.approx(1.0, abs=0.02)
-    assert s.shape == (50, 2)
-
-
-def test_plots_make_png() -> None:
-    data = sample_toy("rings", 300, seed=0)
-    png = figure_png(plot_density_and_samples(make_toy_model("nice", 2, 8), data, n_samples=100,
-                                              resolution=20))
-    assert png.startswith(PNG_MAGIC)
-    assert figure_png(plot_density_and_samples(None, data)).startswith(PNG_MAGIC)
+SMALL = dict(num_couplings=2, hidden=8, steps=20, n_train=256, n_test=128, batch_size=64)
 
 
 def _classes(widget) -> list[str]:
     return list(widget._dom_classes)
 
 
-def test_playground_widget_trains_on_click() -> None:
-    box = playground(density="8gaussians", kind="nice", num_couplings=2, hidden=8, steps=20,
-                     n_train=500, n_test=200, batch_size=64)
+def test_playground_imports_neither_the_trainer_nor_widgets_eagerly() -> None:
+    code = "import sys, flowlib.playground; print(sorted(m for m in ('flowlib.train', 'ipywidgets', 'matplotlib.pyplot') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_widget_parts_and_classes() -> None:
+    box = playground(density="8gaussians", kind="nice", **SMALL)
     parts = box.parts
     assert PLAYGROUND_CLASSES["root"] in _classes(box)
-    for key in ("density", "model", "couplings", "hidden", "steps", "lr", "train", "progress",
-                "status", "plot"):
+    for key in ("density", "model", "couplings", "hidden", "steps", "lr", "train", "progress", "status", "plot"):
         assert PLAYGROUND_CLASSES[key] in _classes(parts[key]), key
     assert parts["train"].description == "Train"
     assert [parts[k].description for k in ("density", "model", "couplings", "hidden", "steps", "lr")] == \
         ["density", "model", "couplings", "hidden", "steps", "lr"]
-    before = parts["plot"].value
-    assert bytes(before).startswith(PNG_MAGIC)
-    parts["model"].value = "realnvp"
+    # before training: the data of the chosen density, drawn by flowlib.plots
+    train, _ = toy_splits("8gaussians", 256, 128, seed=0)
+    assert bytes(parts["plot"].value) == figure_png(plot_density_and_samples(None, train))
+
+
+def test_train_reports_the_fit_and_evaluation_of_flowlib_fit() -> None:
+    box = playground(density="two_moons", kind="realnvp", lr=1e-2, **SMALL)
+    parts = box.parts
+    before = bytes(parts["plot"].value)
     parts["train"].click()
-    assert parts["plot"].value != before
     assert parts["progress"].value == parts["progress"].max == 20
-    assert "test NLL" in parts["status"].value
-    assert not parts["train"].disabled
+    assert not parts["train"].disabled and not parts["density"].disabled
+    # the same run done by hand gives the same model, so the same test NLL and picture
+    train, test = toy_splits("two_moons", 256, 128, seed=0)
+    model = toy_model("realnvp", 2, 8, seed=0)
+    fit(model, train, steps=20, batch_size=64, lr=1e-2, clip_grad=10.0, schedule="cosine", unit="nats", seed=0)
+    nll = evaluate(model, test).nats
+    status = parts["status"].value
+    assert f"test NLL {nll:.3f} nats" in status and f"{count_parameters(model)} parameters" in status
+    png = figure_png(plot_density_and_samples(model, train, title="two_moons, realnvp"))
+    assert bytes(parts["plot"].value) == png != before
 
 
-def test_playground_density_change_redraws() -> None:
-    box = playground(density="rings", num_couplings=1, hidden=4, steps=20, n_train=200, n_test=50)
-    before = box.parts["plot"].value
+def test_fit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    def spy(model, train, **kwargs):
+        seen.update(kwargs)
+        return fit(model, train, **kwargs)
+
+    monkeypatch.setattr(pg, "fit", spy)
+    box = playground(density="rings", kind="nice", **SMALL)
+    box.parts["train"].click()
+    assert (seen["unit"], seen["schedule"], seen["clip_grad"], seen["steps"], seen["batch_size"]) == \
+        ("nats", "cosine", 10.0, 20, 64)
+    assert seen["lr"] == pytest.approx(DEFAULT_LR["nice"])
+
+
+def test_density_change_redraws_the_data() -> None:
+    box = playground(density="rings", **SMALL)
     box.parts["density"].value = "checkerboard"
-    assert box.parts["plot"].value != before
+    train, _ = toy_splits("checkerboard", 256, 128, seed=0)
+    assert bytes(box.parts["plot"].value) == figure_png(plot_density_and_samples(None, train))
 
 
-def test_transform_playground_redraws() -> None:
-    box = transform_playground()
+def test_a_control_changed_while_training_keeps_the_picture(monkeypatch: pytest.MonkeyPatch) -> None:
+    box = playground(density="two_moons", kind="realnvp", **SMALL)
+    parts = box.parts
+    during: dict = {}
+
+    def fit_and_fiddle(model, train, **kwargs):
+        during["disabled"] = [parts[k].disabled for k in ("density", "model", "couplings", "hidden", "steps", "lr", "train")]
+        parts["density"].value = "pinwheel"  # a change that reaches the kernel while it trains
+        return fit(model, train, **kwargs)
+
+    monkeypatch.setattr(pg, "fit", fit_and_fiddle)
+    parts["train"].click()
+    assert all(during["disabled"])
+    assert "two_moons, realnvp" in parts["status"].value and "test NLL" in parts["status"].value
+    trained = bytes(parts["plot"].value)
+    pinwheel, _ = toy_splits("pinwheel", 256, 128, seed=0)
+    assert trained != figure_png(plot_density_and_samples(None, pinwheel))
+    two_moons, _ = toy_splits("two_moons", 256, 128, seed=0)
+    assert trained != figure_png(plot_density_and_samples(None, two_moons))
+    # after training, a change shows the new density's data again
+    parts["density"].value = "rings"
+    rings, _ = toy_splits("rings", 256, 128, seed=0)
+    assert bytes(parts["plot"].value) == figure_png(plot_density_and_samples(None, rings))
+
+
+def test_learning_rate_follows_the_model_until_moved() -> None:
+    box = playground(kind="realnvp", **SMALL)
+    lr, model = box.parts["lr"], box.parts["model"]
+    assert lr.value == pytest.approx(DEFAULT_LR["realnvp"])
+    model.value = "nice"
+    assert lr.value == pytest.approx(DEFAULT_LR["nice"])
+    lr.value = 1e-2
+    model.value = "realnvp"
+    assert lr.value == pytest.approx(1e-2)
+    assert playground(kind="nice", lr=5e-3, **SMALL).parts["lr"].value == pytest.approx(5e-3)
+    with pytest.raises(ValueError, match="kind"):
+        playground(kind="glow")
+
+
+def test_training_error_is_shown_and_the_ui_stays_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(pg, "fit", broken)
+    box = playground(**SMALL)
+    box.parts["train"].click()  # ipywidgets logs the exception that the handler re-raises
+    assert re.search(r"error.*RuntimeError: no luck", box.parts["status"].value)
+    assert not box.parts["train"].disabled and not box.parts["density"].disabled
+
+
+def test_transform_playground_draws_plot_warp() -> None:
+    box = transform_playground(scale_x=1.2)
     assert PLAYGROUND_CLASSES["transform_root"] in _classes(box)
     image = box.parts["plot"]
     assert PLAYGROUND_CLASSES["plot"] in _classes(image)
-    before = image.value
+    expected = dict(scale_x=1.2, scale_y=1.0, bend=0.0, angle_deg=0.0, tails=0.0)
+    assert bytes(image.value) == figure_png(plot_warp(**expected))
     box.parts["bend"].value = 0.5
-    assert image.value != before
+    assert bytes(image.value) == figure_png(plot_warp(**{**expected, "bend": 0.5}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        transform_playground(bend_x=1.0)

@@ -1,0 +1,202 @@
+"""FlowModel's device, dtype, input checks and temperature; Sequential slicing; toy_model; the single-scale RealNVP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from flowlib.analysis import count_macs, count_parameters
+from flowlib.coupling import AffineCoupling
+from flowlib.distributions import StandardLogistic, StandardNormal
+from flowlib.flow import Sequential, value_checks
+from flowlib.jacobian import flow_log_abs_det
+from flowlib.models import (FlowModel, nice, realnvp, realnvp_image, realnvp_image_single_scale,
+                            toy_model)
+from flowlib.multiscale import MultiScale
+from flowlib.scaling import DiagonalScaling
+from flowlib.warp import Warp2D
+
+
+# ----------------------------------------------------------------------------- device and dtype
+
+
+def test_device_and_dtype_of_a_flow_without_parameters() -> None:
+    model = FlowModel(Warp2D(scale=(2.0, 0.5)), "normal", (2,))
+    assert list(model.parameters()) == []
+    assert model.dtype == torch.float32 and model.device == torch.device("cpu")
+    model.double()
+    assert model.dtype == torch.float64
+    assert model.sample(3).dtype == torch.float64
+    assert model.to("meta").device.type == "meta"
+
+
+def test_dtype_follows_the_flow_it_wraps(float64) -> None:
+    torch.set_default_dtype(torch.float32)  # the flow was built in float64, the default is float32 again
+    flow = realnvp(2, 2, 8).flow.double()
+    assert FlowModel(flow, "normal", (2,)).dtype == torch.float64
+
+
+def test_anchor_is_not_in_the_state_dict() -> None:
+    model = realnvp(2, 2, 8)
+    fresh = realnvp(2, 2, 8)
+    assert not any("anchor" in k for k in model.state_dict())
+    fresh.load_state_dict(model.state_dict())  # strict: checkpoints of before still load
+
+
+def test_sample_follows_dtype_and_matches_the_prior() -> None:
+    # at initialisation the couplings are the identity, so samples are prior draws:
+    # the same generator gives the same normal draws, in the model's dtype
+    model = realnvp(2, 2, 8).double()
+    x = model.sample(5, generator=torch.Generator().manual_seed(7))
+    expected = torch.randn(5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x, expected)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def test_log_prob_rejects_another_float_dtype() -> None:
+    model = realnvp(2, 2, 8)
+    with pytest.raises(ValueError, match=r"expects input of dtype torch.float32 .* got torch.float64"):
+        model.log_prob(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"dtype torch.float64 .* got torch.float32"):
+        model.double().log_prob(torch.zeros(3, 2))
+
+
+def test_log_prob_takes_integer_images() -> None:
+    model = realnvp_image((1, 4, 4), num_scales=1, hidden_channels=4, num_blocks=1)
+    x = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    assert model.log_prob(x).dtype == torch.float32
+
+
+def test_log_prob_rejects_nan_and_inf_when_value_checks_are_on() -> None:
+    model = realnvp(2, 2, 8)
+    x = torch.zeros(4, 2)
+    x[1, 0], x[2, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="2 NaN or Inf values"):
+        model.log_prob(x)
+    with value_checks(False):  # the training loop's later steps: no host sync, NaN propagates
+        log_p = model.log_prob(x)
+    assert torch.isnan(log_p[1]) and not torch.isfinite(log_p[2]) and torch.isfinite(log_p[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5])
+def test_sample_rejects_bad_temperatures(bad: float) -> None:
+    with pytest.raises(ValueError, match=f"temperature must be finite and >= 0, got {bad}"):
+        realnvp(2, 2, 8).sample(2, temperature=bad)
+
+
+def test_temperature_scales_the_latent() -> None:
+    # a flow z = x e^s with known s: x = T z e^{-s}, so the sample std is T e^{-s}
+    layer = DiagonalScaling(2)
+    with torch.no_grad():
+        layer.log_scale.copy_(torch.tensor([0.5, -1.0]))
+    model = FlowModel(Sequential(layer), "normal", (2,))
+    x = model.sample(200_000, temperature=0.3, generator=torch.Generator().manual_seed(0))
+    expected = 0.3 * torch.exp(-layer.log_scale.detach())
+    torch.testing.assert_close(x.std(0), expected, rtol=0.01, atol=0)
+    assert torch.equal(model.sample(3, temperature=0.0), torch.zeros(3, 2))
+
+
+# ----------------------------------------------------------------------------- Sequential slicing
+
+
+def test_sequential_slice_is_a_sequential_of_the_same_layers(perturb) -> None:
+    flow = perturb(realnvp(4, num_couplings=4, hidden=8).flow).double()
+    tail = flow[1:]
+    assert isinstance(tail, Sequential) and len(tail) == 3
+    assert all(a is b for a, b in zip(tail, list(flow)[1:]))
+    assert isinstance(flow[1], AffineCoupling) and flow[-1] is list(flow)[-1]
+    x = torch.randn(5, 4, dtype=torch.float64)
+    h, ld0 = flow[0](x)
+    z, ld_tail = tail(h)
+    z_all, ld_all = flow(x)
+    torch.testing.assert_close(z, z_all)
+    torch.testing.assert_close(ld0 + ld_tail, ld_all)
+    torch.testing.assert_close(ld_tail, flow_log_abs_det(tail, h))
+    assert len(flow[::2]) == 2 and flow[::2][1] is flow[2]
+
+
+# ----------------------------------------------------------------------------- multi-scale stages by name
+
+
+def test_multiscale_property() -> None:
+    model = realnvp_image((1, 8, 8), num_scales=3, hidden_channels=4, num_blocks=1)
+    ms = model.multiscale
+    assert isinstance(ms, MultiScale) and ms is model.flow[2]
+    assert len(ms.levels) == 2 and len(ms.final) == 4 and ms.final_shape == (4, 2, 2)
+    raw = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1, preprocess=False)
+    assert raw.multiscale is raw.flow
+    with pytest.raises(ValueError, match="no MultiScale"):
+        realnvp(2, 2, 8).multiscale
+
+
+# ----------------------------------------------------------------------------- toy_model
+
+
+def test_toy_model_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    toy_model("realnvp", 2, 8, seed=5)
+    toy_model("nice", 2, 8, seed=6)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_toy_model_is_seeded() -> None:
+    same = [toy_model("nice", 2, 8, seed=3) for _ in range(2)]
+    assert all(torch.equal(p, q) for p, q in zip(same[0].parameters(), same[1].parameters()))
+    other = toy_model("nice", 2, 8, seed=4)
+    assert not all(torch.equal(p, q) for p, q in zip(same[0].parameters(), other.parameters()))
+
+
+def test_toy_model_kinds_and_priors() -> None:
+    n = toy_model("nice", 3, 8)
+    assert type(n.prior) is StandardLogistic and isinstance(n.flow[-1], DiagonalScaling)
+    assert [l.mask.tolist() for l in list(n.flow)[:3]] == [[True, False], [False, True], [True, False]]
+    assert type(toy_model("realnvp", 3, 8).prior) is StandardNormal
+    assert type(toy_model("nice", 3, 8, prior="normal").prior) is StandardNormal
+    assert type(toy_model("realnvp", 3, 8, prior="logistic").prior) is StandardLogistic
+    # the same architecture as the presets it wraps
+    assert count_parameters(toy_model("nice", 4, 16, 3)) == count_parameters(nice(2, 4, 16, 3))
+    with pytest.raises(ValueError, match="kind"):
+        toy_model("glow")
+
+
+def test_preset_parameter_counts_are_unchanged() -> None:
+    # counts of the presets before the application code moved (regression guard)
+    assert count_parameters(realnvp(2)) == 136216
+    assert count_parameters(realnvp_image()) == 4816577
+    assert count_parameters(realnvp_image_single_scale()) == 4930823
+    assert count_parameters(toy_model("nice")) == 34826 and count_parameters(toy_model("realnvp")) == 35352
+
+
+# ----------------------------------------------------------------------------- single-scale RealNVP
+
+
+def test_single_scale_log_det_matches_autograd() -> None:
+    torch.manual_seed(0)
+    m = realnvp_image_single_scale((1, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1).double().eval()
+    body = m.flow[2:]  # after Dequantize and Logit
+    for p in body.parameters():
+        nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    z, log_det = body(x)
+    torch.testing.assert_close(log_det, flow_log_abs_det(body, x), rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(body.inverse(z)[0], x, rtol=1e-10, atol=1e-10)
+
+
+def test_single_scale_has_the_couplings_of_multiscale_and_costs_more() -> None:
+    kw = dict(hidden_channels=8, num_blocks=1)
+    multi = realnvp_image((1, 8, 8), num_scales=3, **kw).eval()
+    single = realnvp_image_single_scale((1, 8, 8), num_scales=3, **kw).eval()
+    couplings = lambda m: [mod.mask.shape for mod in m.modules() if isinstance(mod, AffineCoupling)]
+    assert len(couplings(multi)) == len(couplings(single)) == 16
+    x = torch.randint(0, 256, (2, 1, 8, 8))
+    cost = lambda m: count_macs(m, lambda: m.log_prob(x), batch_size=2)
+    assert cost(single) > cost(multi)
+    assert single.latent_shape == (16, 2, 2) and single.sample(2).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        realnvp_image_single_scale((1, 6, 6), num_scales=3)
