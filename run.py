@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
         env.setdefault("MPLBACKEND", "Agg")
         # Quick runs write their figures to a scratch folder, not over the stored ones.
         env.setdefault("FLOWLIB_FIGURES", tempfile.mkdtemp(prefix="flowlib-figures-"))
+        # ... and the suite fails if it changed any file git tracks (tests/conftest.py).
+        env.setdefault("FLOWLIB_CHECK_TREE", "1")
         cmd = [str(PYTHON), "-m", "pytest"] + argv[1:]
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

@@ -26,7 +26,7 @@ import torch
 
 __all__ = [
     "RESULTS", "ADAM_IMPLS", "adam_kwargs", "make_step", "describe_adam", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
-    "format_table", "write_results", "count_params", "machine_info", "load_mnist_images",
+    "format_table", "write_results", "machine_info", "load_mnist_images",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -141,10 +141,6 @@ def write_results(name: str, data: dict, markdown: str) -> None:
     print(f"\nwrote {RESULTS / (name + '.json')} and .md")
 
 
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
     """``n`` MNIST training images (uint8, ``(n, 1, 28, 28)``), or random ones if MNIST is absent."""
     try:
@@ -157,13 +153,15 @@ def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
         return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), "random uint8 (MNIST not found)"
 
 
-def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: str, library: str):
+def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: str, library: str,
+              native_precision: str = "auto"):
     """One training step cycling through ``batches``.
 
     flowlib steps through its own `flowlib.fit.train_step` (the step its
     trainer and chapters use); with ``impl="native"`` that is its fastest
-    setting as its users get it (fused Adam, ``precision="auto"``: bf16
-    autocast for the nets where the hardware has it), otherwise the same
+    setting as its users get it (fused Adam and the precision of its preset,
+    ``native_precision``: ``"auto"`` is bf16 autocast for the nets where the
+    hardware has it), otherwise the same
     Adam implementation as the peers and fp32. The peers ship no trainer:
     ``loss_fn(x).backward()`` and a torch Adam step.
     """
@@ -171,7 +169,7 @@ def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: 
         from flowlib.fit import make_optimizer, train_step
 
         if impl == "native":
-            opt, precision = make_optimizer(model, **adam), "auto"
+            opt, precision = make_optimizer(model, **adam), native_precision
         else:
             opt, precision = torch.optim.Adam(model.parameters(), **adam, **ADAM_IMPLS[impl]), "fp32"
     else:

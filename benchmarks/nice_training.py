@@ -6,10 +6,13 @@ coordinates -> 392 shifted ones), each with a ReLU MLP of 5 hidden layers of
 1000 units (last layer zero-initialised); a learned diagonal scaling
 ``z = exp(S) * h``. One training step: ``loss = -mean log p(x)`` on a batch of
 256 dequantized MNIST images in [0, 1), ``backward``, ``Adam.step`` (NICE's
-hyperparameters for all), fp32. By default (``--adam native``) flowlib steps
-with its trainer's optimizer (`flowlib.fit.make_optimizer`, fused Adam) and
-the peers, which ship no trainer, with torch's default Adam; ``--adam fused``
-or ``--adam default`` gives every library the same implementation.
+hyperparameters for all). By default (``--adam native``) each library runs
+as its users get it: flowlib through its own `flowlib.fit.train_step` with its
+trainer's optimizer (fused Adam) and its preset's precision (bf16 autocast for
+the nets on CPUs with native bf16, as the ``cpu`` preset trains; fp32
+elsewhere), the peers, which ship no trainer, with torch's default Adam in
+fp32. ``--adam fused`` or ``--adam default`` gives every library the same Adam
+implementation and fp32: the equal-arithmetic rows.
 
 How each peer expresses it (only their installed packages are used):
 
@@ -40,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 import common
+from flowlib.analysis import count_parameters  # noqa: E402
 import flowlib
 
 DIM, HIDDEN, LAYERS, COUPLINGS, BATCH = 784, 1000, 5, 4, 256
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     models, steps, params = {}, {}, {}
     for name in libs:
         models[name], loss_fn = BUILDERS[name](args.hidden)
-        params[name] = common.count_params(models[name])
+        params[name] = count_parameters(models[name])
         steps[name] = common.make_step(models[name], loss_fn, batches, ADAM, args.adam, name)
     with flowlib.value_checks(False):
         peak_before = common.matmul_peak(512 if args.quick else 2048)
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     flops = step_flops(args.batch, args.hidden)
 
     info = common.machine_info()
-    print(f"NICE training step, hidden {args.hidden}, batch {args.batch}, fp32, Adam{ADAM} ({common.describe_adam(args.adam)}), torch threads {info['threads']}, data: {source}")
+    print(f"NICE training step, hidden {args.hidden}, batch {args.batch}, Adam{ADAM} ({common.describe_adam(args.adam)}), torch threads {info['threads']}, data: {source}")
     print(f"machine: {info['cpu']}, torch {info['torch']}; versions: {versions()}")
     print(f"matmul FLOPs per step (analytic): {flops / 1e9:.2f} GFLOP; measured fp32 mm peak: {peak:.1f} GFLOP/s")
     print(f"{args.repeats} interleaved rounds x {args.steps} steps, {args.warmup} warmup steps each\n")
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
               "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "data": source,
               "step_gflop": flops / 1e9, "mm_peak_gflops": peak, "libraries": summary}
     if not args.no_save and not args.quick:
-        md = (f"NICE MNIST training step (batch {args.batch}, fp32, Adam, {info['threads']} threads, "
+        md = (f"NICE MNIST training step (batch {args.batch}, Adam {common.describe_adam(args.adam)}, {info['threads']} threads, "
               f"{info['cpu']}, torch {info['torch']}, {info['time']}); fp32 mm peak {peak:.1f} GFLOP/s; "
               f"{args.repeats} rounds x {args.steps} steps\n\n{table}")
         common.write_results("nice_training", result, md)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 import common
+from flowlib.analysis import count_parameters  # noqa: E402
 import flowlib
 from flowlib.masks import checkerboard_mask
 from nice_training import versions
@@ -207,9 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     models, steps, params, flops = {}, {}, {}, {}
     for name in libs:
         models[name], loss_fn = BUILDERS[name](shape, args.scales, args.hidden, args.blocks)
-        params[name] = common.count_params(models[name])
+        params[name] = count_parameters(models[name])
         flops[name] = 3 * conv_flops(models[name], loss_fn, batches[0])  # fwd + bwd ~ 3x fwd
-        steps[name] = common.make_step(models[name], loss_fn, batches, ADAM, args.adam, name)
+        # RealNVP's presets train in fp32 (bf16 cost 0.12 bits/dim: results/precision_check.md).
+        steps[name] = common.make_step(models[name], loss_fn, batches, ADAM, args.adam, name, native_precision="fp32")
     with flowlib.value_checks(False):
         peak = common.matmul_peak(512 if args.quick else 2048)
         rates = common.interleaved(steps, args.batch, args.repeats, args.steps, args.warmup)

@@ -21,6 +21,7 @@ import sys
 import torch
 
 import common
+from flowlib.analysis import count_parameters  # noqa: E402
 import flowlib
 import nice_training as nice
 import realnvp_image_training as rnvp
@@ -32,7 +33,7 @@ def nice_samplers(n: int, hidden: int) -> tuple[dict, dict]:
     for name in nice.LIBS:
         model, _ = nice.BUILDERS[name](hidden)
         model.eval()
-        params[name] = common.count_params(model)
+        params[name] = count_parameters(model)
         if name == "flowlib":
             samplers[name] = lambda m=model: m.sample(n)
         elif name == "nflows":
@@ -50,7 +51,7 @@ def rnvp_samplers(n: int, hidden: int, blocks: int, scales: int) -> tuple[dict, 
     for name in rnvp.LIBS:
         model, _ = rnvp.BUILDERS[name]((1, 28, 28), scales, hidden, blocks)
         model.eval()
-        params[name] = common.count_params(model)
+        params[name] = count_parameters(model)
         samplers[name] = (lambda m=model: m.sample(n)) if name == "flowlib" else (lambda m=model: m.sample(n)[0])
     return samplers, params
 

@@ -19,7 +19,6 @@ Run: ``.venv-bench/bin/python benchmarks/toy_density_quality.py [--steps 2000 --
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 import common
+from flowlib.analysis import count_parameters  # noqa: E402
 import flowlib
 from flowlib.toy import TOY_DENSITIES, toy_splits
 from nice_training import versions
@@ -81,7 +81,7 @@ def train_and_test(name: str, train: Tensor, test: Tensor, args, seed: int) -> t
     model.eval()
     with torch.no_grad():
         nll = -torch.cat([log_prob(x) for x in test.split(10000)]).mean().item()
-    return nll, seconds, common.count_params(model)
+    return nll, seconds, count_parameters(model)
 
 
 def main(argv: list[str] | None = None) -> dict:

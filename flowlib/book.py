@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +34,26 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def figure_path(name: str) -> Path:
-    """``figures/<name>`` in the repository, or in ``$FLOWLIB_FIGURES`` when set.
+    """Where a chapter saves figure ``name``: ``figures/`` for full runs, a scratch folder otherwise.
 
-    The test command sets ``FLOWLIB_FIGURES`` to a temporary folder, so quick
-    runs never overwrite the figures of the stored (full) runs.
+    ``$FLOWLIB_FIGURES`` wins when set (the test command sets a temporary
+    folder). In quick mode without it, figures go to
+    ``<tmp>/flowlib-figures-quick``: a quick run never overwrites the figures
+    of the stored full runs.
+
+    >>> import os
+    >>> os.environ["FLOWLIB_QUICK"] = "1"
+    >>> figure_path("x.png").parent == ROOT / "figures"
+    False
+    >>> del os.environ["FLOWLIB_QUICK"]
     """
-    folder = Path(os.environ.get("FLOWLIB_FIGURES") or ROOT / "figures")
+    env = os.environ.get("FLOWLIB_FIGURES")
+    if env:
+        folder = Path(env)
+    elif quick_mode():
+        folder = Path(tempfile.gettempdir()) / "flowlib-figures-quick"
+    else:
+        folder = ROOT / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 

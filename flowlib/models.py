@@ -19,6 +19,12 @@ Presets:
 * `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2016, section 3.6)
   with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
   images; `realnvp_image_single_scale` has the same couplings and no factor-out.
+
+References: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
+Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
+(https://arxiv.org/abs/1410.8516). L. Dinh, J. Sohl-Dickstein, S. Bengio,
+"Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803
+(https://arxiv.org/abs/1605.08803).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from torch import Tensor, nn
 from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import Prior, make_prior
-from .flow import Flow, Sequential, value_checks_enabled
+from .flow import Flow, Sequential, check_shape, value_checks_enabled
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
+from .metrics import bits_per_dim
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
 from .permutations import RandomPermutation, ReversePermutation
@@ -120,6 +127,9 @@ class FlowModel(nn.Module):
         ...
         ValueError: FlowModel.log_prob expects input of dtype torch.float32 (the model's), got torch.float64
         """
+        check_shape(x, self.event_shape, "FlowModel.log_prob")
+        if x.shape[0] == 0:
+            raise ValueError(f"FlowModel.log_prob expects a batch of at least one example, got shape {tuple(x.shape)}")
         if x.is_floating_point():
             if x.dtype != self.dtype:
                 raise ValueError(f"FlowModel.log_prob expects input of dtype {self.dtype} (the model's), "
@@ -131,8 +141,8 @@ class FlowModel(nn.Module):
         return self.prior.log_prob(z) + log_det
 
     def bits_per_dim(self, x: Tensor) -> Tensor:
-        """:math:`-\\log p_X(x) / (D \\ln 2)` per example."""
-        return -self.log_prob(x) / (self.num_dims * math.log(2))
+        """:math:`-\\log p_X(x) / (D \\ln 2)` per example (`flowlib.metrics.bits_per_dim`)."""
+        return bits_per_dim(self.log_prob(x), self.num_dims)
 
     @torch.no_grad()
     def sample(

@@ -6,13 +6,21 @@
   zero-initialised, so untouched couplings would be the identity);
 * ``assert_log_det`` compares a flow's analytic log-det with autograd.
 
+With ``FLOWLIB_CHECK_TREE=1`` (``python3 run.py test`` sets it) the session
+fails when the tests changed any file git tracks or left a new untracked one:
+quick and test runs must never write over the stored chapters or figures.
+
 The tests use tiny tensors, where a thread pool costs more than it saves (and
 oversubscribes a shared CI machine), so torch runs on one thread here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +29,34 @@ from torch import Tensor, nn
 from flowlib.jacobian import flow_log_abs_det
 
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tree_state() -> tuple[str, str] | None:
+    """``(git status, hash of the diff against HEAD)`` of the work tree, or None outside a git checkout."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout
+        diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return status, hashlib.sha256(diff).hexdigest()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._flowlib_tree = _tree_state() if os.environ.get("FLOWLIB_CHECK_TREE") == "1" else None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = getattr(session.config, "_flowlib_tree", None)
+    if before is None:
+        return
+    after = _tree_state()
+    if after != before:
+        changed = sorted(set(after[0].splitlines()) ^ set(before[0].splitlines())) if after else []
+        print(f"\nFAILED: the test run changed the work tree (tracked or new files): {changed or 'file contents'}")
+        session.exitstatus = 1
 
 # Tolerances of the autograd checks: tight in float64, loose (relative) in float32.
 TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-8), torch.float32: dict(rtol=1e-3, atol=1e-3)}

@@ -200,3 +200,18 @@ def test_single_scale_has_the_couplings_of_multiscale_and_costs_more() -> None:
     assert single.latent_shape == (16, 2, 2) and single.sample(2).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="divisible by 4"):
         realnvp_image_single_scale((1, 6, 6), num_scales=3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.tensor(3.0), r"expects input of shape \(B, 2\), got \(\)"),
+    (torch.zeros(3), r"expects input of shape \(B, 2\), got \(3,\)"),
+    (torch.zeros(0, 2), r"at least one example, got shape \(0, 2\)"),
+])
+def test_log_prob_rejects_unbatched_and_empty_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        realnvp(2, num_couplings=2, hidden=4).log_prob(bad)
+
+
+def test_sequential_rejects_a_0d_tensor():
+    with pytest.raises(ValueError, match="0-d tensor"):
+        realnvp(2, num_couplings=2, hidden=4).flow(torch.tensor(1.0))
