@@ -14,8 +14,7 @@ from .distributions import StandardLogistic, StandardNormal, make_prior
 from .flow import Flow, Sequential, check_shape, value_checks
 from .jacobian import flow_log_abs_det, jacobian, log_abs_det_jacobian
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .models import (SCHEMES, FlowModel, coupling_stack, nice, realnvp, realnvp_image,
-                     realnvp_image_single_scale, toy_model)
+from .models import FlowModel, nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
 from .normalization import ActNorm, BatchNormFlow
@@ -23,6 +22,7 @@ from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .preprocess import Dequantize, Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
+from .shuffling import SCHEMES, coupling_stack
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",

@@ -14,8 +14,6 @@ Presets:
 * `realnvp`: a vector RealNVP (affine couplings, alternating masks) for 2D toys.
 * `toy_model`: `nice` or `realnvp` sized for the 2D toys, seeded without
   touching the global random state (the playground and the trainer share it).
-* `coupling_stack`: vector affine couplings that differ only in how they
-  shuffle between couplings (the schemes of chapter 4, `SCHEMES`).
 * `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2016, section 3.6)
   with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
   images; `realnvp_image_single_scale` has the same couplings and no factor-out.
@@ -36,27 +34,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import Prior, make_prior
 from .flow import Flow, Sequential, check_shape, value_checks_enabled
-from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
+from .masks import alternating_mask, channel_mask, checkerboard_mask
 from .metrics import bits_per_dim
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
-from .permutations import RandomPermutation, ReversePermutation
 from .preprocess import Dequantize, Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
 
 __all__ = [
-    "FlowModel", "SCHEMES", "coupling_stack", "nice", "realnvp", "realnvp_image",
+    "FlowModel", "nice", "realnvp", "realnvp_image",
     "realnvp_image_single_scale", "toy_model",
 ]
-
-#: The shuffling schemes of chapter 4 (see `coupling_stack`).
-SCHEMES: tuple[str, ...] = ("alternating", "half", "half+reverse", "half+random", "half+1x1conv")
-
 
 class FlowModel(nn.Module):
     """A flow ``f`` (data to latent) paired with a prior ``p_Z``.
@@ -243,67 +235,6 @@ def toy_model(
         if kind == "nice":
             return nice(2, num_couplings, hidden, num_hidden_layers, prior=prior or "logistic")
         return realnvp(2, num_couplings, hidden, num_hidden_layers, prior=prior or "normal")
-
-
-def coupling_stack(
-    dim: int, scheme: str, num_couplings: int, hidden: int = 64, num_hidden_layers: int = 2,
-    zero_init: bool = True, seed: int = 0, conv_init: str = "rotation",
-) -> list[Flow]:
-    """Affine couplings on vectors, shuffled between couplings according to ``scheme`` (`SCHEMES`).
-
-    * ``alternating``: odd/even coordinates, parity flipped at every coupling (NICE);
-    * ``half``: always the first half conditions, no shuffling (the broken case);
-    * ``half+reverse``: first half conditions, then the order is reversed;
-    * ``half+random``: first half conditions, then a fixed random permutation
-      (a new one, seeded ``seed + k``, after coupling ``k``);
-    * ``half+1x1conv``: first half conditions, then a learned invertible linear
-      map (Glow's 1x1 convolution on a vector) that starts as a random
-      rotation (``conv_init="rotation"``, Glow's choice) or as the identity
-      (``conv_init="identity"``: no mixing until it is learned).
-
-    Every coupling's net is an `~flowlib.nets.MLP`; ``zero_init=False`` gives
-    random weights (for dependency pictures), the default starts at the identity.
-    Each entry is one coupling and its shuffle (a `~flowlib.flow.Sequential`),
-    so ``k`` entries are ``k`` couplings.
-
-    >>> [[type(f).__name__ for f in block] for block in coupling_stack(4, "half+reverse", 2)]
-    [['AffineCoupling', 'ReversePermutation'], ['AffineCoupling', 'ReversePermutation']]
-    """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if conv_init not in ("rotation", "identity"):
-        raise ValueError(f"conv_init must be 'rotation' or 'identity', got {conv_init!r}")
-    layers: list[Flow] = []
-    for k in range(num_couplings):
-        mask = alternating_mask(dim, k % 2) if scheme == "alternating" else half_mask(dim)
-        n_cond = int(mask.sum())
-        net = MLP(n_cond, 2 * (dim - n_cond), hidden=hidden, num_hidden_layers=num_hidden_layers,
-                  zero_init=zero_init)
-        block: list[Flow] = [AffineCoupling(mask, net)]
-        if scheme == "half+reverse":
-            block.append(ReversePermutation(dim))
-        elif scheme == "half+random":
-            block.append(RandomPermutation(dim, seed=seed + k))
-        elif scheme == "half+1x1conv":
-            conv = InvertibleConv1x1(dim, seed=seed + k)
-            if conv_init == "identity":
-                _set_identity(conv)
-            block.append(conv)
-        layers.append(Sequential(*block))
-    return layers
-
-
-@torch.no_grad()
-def _set_identity(conv: InvertibleConv1x1) -> None:
-    """Set :math:`P = I, L = I, U = 0, s = 1`, so that :math:`W = I`."""
-    conv.p.copy_(torch.eye(conv.num_channels))
-    conv.sign_s.fill_(1.0)
-    conv.lower.zero_()
-    conv.upper.zero_()
-    conv.log_s.zero_()
-
-
-# ----------------------------------------------------------------------------- image models
 
 
 def _checkerboard_coupling(shape: tuple[int, int, int], parity: int, hidden: int, blocks: int) -> AffineCoupling:

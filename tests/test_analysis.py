@@ -12,7 +12,8 @@ from flowlib.analysis import (count_macs, count_parameters, dependency, dependen
 from flowlib.conv1x1 import InvertibleConv1x1
 from flowlib.flow import Sequential
 from flowlib.jacobian import flow_log_abs_det
-from flowlib.models import SCHEMES, coupling_stack, realnvp_image
+from flowlib.models import realnvp_image
+from flowlib.shuffling import SCHEMES, coupling_stack
 
 
 # ----------------------------------------------------------------------------- dependency
