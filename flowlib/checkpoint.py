@@ -19,6 +19,8 @@ import errno
 import os
 import shutil
 import socket
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from .config import TrainConfig, build_model, config_from_dict
 
 __all__ = ["CheckpointError", "atomic_save", "atomic_write_text", "check_writable", "state_bytes", "RunLock",
-           "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+           "move_run_aside", "check_best", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
 
 
 class CheckpointError(RuntimeError):
@@ -180,6 +182,40 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def move_run_aside(out: Path, names: tuple[str, ...]) -> Path | None:
+    """Move an earlier run's files in ``out`` into ``out/replaced-<time>/`` (never overwrite a run); say so.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp()); _ = (folder / "best.pt").write_text("x")
+    >>> aside = move_run_aside(folder, ("best.pt", "results.json"))  # says so on stderr
+    >>> sorted(p.name for p in aside.iterdir()), (folder / "best.pt").exists()
+    (['best.pt'], False)
+    """
+    present = [name for name in names if (out / name).exists()]
+    if not present:
+        return None
+    stamp, n = time.strftime("replaced-%Y%m%d-%H%M%S"), 1
+    aside = out / stamp
+    while aside.exists():
+        n += 1
+        aside = out / f"{stamp}-{n}"
+    aside.mkdir()
+    for name in present:
+        (out / name).rename(aside / name)
+    print(f"Starting afresh: the earlier run's files in {out} were moved to {aside.name}/ "
+          f"(pass resume=True / --resume to continue a run instead).", file=sys.stderr)
+    return aside
+
+
+def check_best(path: Path, run_id: str) -> None:
+    """Raise `CheckpointError` unless ``path`` (``best.pt``) exists and belongs to run ``run_id``."""
+    best = load_checkpoint(path) if path.exists() else None
+    if best is None or best.get("run_id") != run_id:
+        why = "is missing" if best is None else "belongs to another run"
+        raise CheckpointError(f"{path} {why}, so this run's best model is lost; "
+                              f"start the run afresh (run_or_load does so)")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,62 +1,34 @@
 """The trainer: NICE or RealNVP by maximum likelihood, from a notebook or the command line.
 
-Each step is `flowlib.fit.train_step` on a batch of the epoch's shuffled
-order; the loss is the negative log-likelihood in bits per dimension. Command
-line::
+Read it top-down: `train` sets up (device, run folder, data, model,
+optimizer), starts or restores, then alternates `_one_epoch` and
+`_end_of_epoch` until the last epoch, and `_finish` evaluates the best model
+on the test set. One step (`_step`) takes this process's share of the next
+batch of the epoch's order (a function of ``(seed, epoch)`` only), sets the
+learning rate of the schedule and calls `flowlib.fit.train_step`, which
+minimises the negative log-likelihood in bits per dimension,
 
-    python -m flowlib.train nice --preset paper
+.. math:: \\mathcal L(\\theta) = -\\frac{1}{B}\\sum_{b=1}^{B}
+   \\frac{\\log p_Z(f_\\theta(x_b)) + \\log|\\det J_{f_\\theta}(x_b)|}{D \\ln 2}.
+
+Every ``log_every`` steps the loss is read back (the only host sync), checked
+to be finite, and a checkpoint is written when ``checkpoint_minutes`` have
+passed. Ctrl-C and SIGTERM raise a flag (`flowlib.stopping`) that the loop
+reads between steps, so the checkpoint written on a stop is the state after
+the last completed step and ``--resume`` continues bit for bit. README.md
+("What the trainer guarantees") lists the guarantees and how they are tested.
+
+    python -m flowlib.train nice --preset cpu            # flowlib.cli
     python -m flowlib.train realnvp --preset cpu --resume
-    torchrun --nproc_per_node 2 -m flowlib.train nice --preset paper   # data parallel
+    torchrun --nproc_per_node 2 -m flowlib.train nice --preset paper
 
-Presets (`flowlib.config.PRESETS`): ``paper`` (the papers' setups, for a
-GPU), ``cpu`` (about 30 minutes on 2 cores), ``quick`` (seconds, for CI).
 From Python::
 
-    from flowlib.train import make_config, train, run_or_load
+    from flowlib.config import make_config
+    from flowlib.runs import run_or_load
+    from flowlib.train import train
     result = train(make_config("nice", "cpu"))
-    model, result = run_or_load(make_config("nice", "cpu"))   # load it when already trained
-
-What the trainer guarantees, and how:
-
-* **Exact resume.** A checkpoint holds the model, the optimizer, the random
-  states, the position in the epoch, the running training loss and the
-  history, all taken between two steps. Ctrl-C (SIGINT) and SIGTERM only
-  raise a flag that the loop reads between steps (and between validation
-  batches), so the checkpoint written then is the state after the last
-  completed step; ``--resume`` then gives parameters, optimizer state and
-  history bit-identical to an uninterrupted run on the same machine and
-  device. The data order of an epoch depends only on ``(seed, epoch)``;
-  evaluation draws its dequantization noise from a fixed seed without
-  touching the training run's random state. A second Ctrl-C stops at once
-  without saving (the last checkpoint stays).
-* **Nothing lost.** Checkpoints are written atomically (a temporary file of
-  this writer, then a rename) every ``checkpoint_minutes`` (looked at every
-  ``log_every`` steps and at each epoch's end), after the last epoch and on a
-  stop; a kill -9 loses at most the steps since the last one. ``best.pt`` is
-  written whenever the validation score improves. The folder's writability
-  and free space are checked before the first step, and a failed write names
-  the path and the cause. A fresh run in a folder holding another run moves
-  that run's files into ``replaced-<time>/`` and says so. One trainer per
-  folder (``.lock``).
-* **Runs that cannot be mixed up.** ``checkpoint.pt``, ``best.pt`` and
-  ``results.json`` carry the config and a run id; `run_or_load` returns a
-  model only when all agree, and retrains (saying why) when ``best.pt`` is
-  missing or belongs to another run. The default folder's name includes
-  every field changed from the preset.
-* **Best model kept.** The model with the lowest validation bits/dim is saved
-  to ``best.pt``; the test set is evaluated with it at the end.
-* **Divergence stops cleanly.** A NaN or Inf loss raises `TrainingDiverged`;
-  the last good checkpoint is left untouched.
-* **Loads safely.** Checkpoints hold only tensors and plain containers and
-  are read with ``torch.load(weights_only=True)``.
-* **Fast.** Data lives on the device; the loop reads values back to the host
-  only every ``log_every`` steps.
-* **Data parallel.** Under ``torchrun`` each global batch is split over the
-  processes (`flowlib.distributed`); only rank 0 writes files.
-
-Not guaranteed: bit-identical results across different hardware, thread
-counts or PyTorch versions, or after a kill -9 (then the run resumes exactly
-from the last checkpoint written, losing the steps since).
+    model, result = run_or_load(make_config("nice", "cpu"))   # loads it when already trained
 """
 
 from __future__ import annotations
@@ -75,8 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, RunLock, atomic_save, atomic_write_text, check_writable,
-                         load_checkpoint, rng_state, set_rng_state, state_bytes)
+from .checkpoint import (RunLock, atomic_save, atomic_write_text, check_best, check_writable, load_checkpoint,
+                         move_run_aside, rng_state, set_rng_state, state_bytes)
 from .config import TrainConfig, TrainResult, build_model, config_dict, config_differences, load_dataset
 from .distributed import (all_reduce_sum, barrier, broadcast_object, device_name, init_distributed,
                           rank_and_world, resolve_device, shutdown_distributed, wrap_data_parallel)
@@ -88,7 +60,7 @@ from .stopping import StopFlag, stop_signals_to
 
 __all__ = ["train", "TrainingDiverged"]
 
-_RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
+_RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")  # what a run folder holds
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,10 +197,10 @@ def _start_or_restore(run: _Run, resume: bool) -> None:
         run.state = {**_fresh_state(), **ckpt["state"]}
         set_rng_state(ckpt["rng"], run.device)
         if run.state["best_epoch"]:
-            _check_best(run)
+            check_best(run.path("best.pt"), run.state["run_id"])
     else:
         if run.rank == 0:
-            _move_aside(run.out)
+            move_run_aside(run.out, _RUN_FILES)
         run.state = _fresh_state()
         run.state["run_id"] = broadcast_object(run.state["run_id"])
         first = _epoch_order(run.splits["train"].shape[0], run.config.seed, 0)[: run.config.batch_size]
@@ -240,30 +212,6 @@ def _start_or_restore(run: _Run, resume: bool) -> None:
         print(f"Training {cfg.model} ({cfg.preset}) on {device_name(run.device)}, {run.precision}: "
               f"{run.steps_per_epoch} steps an epoch, epoch {st['epoch'] + 1} step {st['step_in_epoch']} "
               f"of {cfg.epochs} epochs; run folder {run.out}", file=sys.stderr, flush=True)
-
-
-def _move_aside(out: Path) -> None:
-    present = [name for name in _RUN_FILES if (out / name).exists()]
-    if not present:
-        return
-    stamp, n = time.strftime("replaced-%Y%m%d-%H%M%S"), 1
-    aside = out / stamp
-    while aside.exists():
-        n += 1
-        aside = out / f"{stamp}-{n}"
-    aside.mkdir()
-    for name in present:
-        (out / name).rename(aside / name)
-    print(f"Starting afresh: the earlier run's files in {out} were moved to {aside.name}/ "
-          f"(pass resume=True / --resume to continue a run instead).", file=sys.stderr)
-
-
-def _check_best(run: _Run) -> None:
-    best = load_checkpoint(run.path("best.pt"), map_location="cpu") if run.path("best.pt").exists() else None
-    if best is None or best.get("run_id") != run.state["run_id"]:
-        why = "is missing" if best is None else "belongs to another run"
-        raise CheckpointError(f"{run.path('best.pt')} {why}, so this run's best model is lost; "
-                              f"start the run afresh (run_or_load does so)")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -414,7 +362,7 @@ def _finish(run: _Run) -> TrainResult:
     test_bpd = test_nats = None
     if finished:
         barrier()  # rank 0 wrote best.pt
-        _check_best(run)
+        check_best(run.path("best.pt"), st["run_id"])
         best = load_checkpoint(run.path("best.pt"), map_location=run.device)
         run.model.load_state_dict(best["model"])
         test_bpd = _validate(run, "test")
