@@ -5,6 +5,14 @@ Both commands create ``.venv`` beside this file on first use and install the
 pinned ``requirements.txt`` plus ``flowlib`` itself into it; they reinstall
 only when ``requirements.txt`` or ``pyproject.toml`` change. Needs only
 Python 3.10+ (with ``venv``) and git.
+
+``book`` starts JupyterLab on ``chapters/`` and opens the landing page,
+``chapters/00-index.ipynb``. Its default settings come from
+``jupyter-config/lab/settings/overrides.json``: no news or update checks (so
+no pop-up on first start) and no last-modified column (so the file browser
+has room for the chapters' names). Settings a reader changes still go to their
+own JupyterLab settings and take precedence. Extra arguments go to JupyterLab
+(``python3 run.py book --no-browser``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".flowlib-installed"
+INDEX = "00-index.ipynb"  # the landing page, in chapters/
+LAB_SETTINGS = ROOT / "jupyter-config" / "lab" / "settings"  # holds overrides.json
 
 
 def _fingerprint() -> str:
@@ -55,7 +65,16 @@ def main(argv: list[str]) -> int:
     setup()
     env = dict(os.environ)
     if argv[0] == "book":
-        cmd = [str(PYTHON), "-m", "jupyterlab", str(ROOT / "chapters")] + argv[1:]
+        cmd = [
+            str(PYTHON), "-m", "jupyterlab", str(ROOT / "chapters"),
+            f"--LabApp.default_url=/lab/tree/{INDEX}",  # open at the landing page, not the Launcher
+            f"--LabApp.app_settings_dir={LAB_SETTINGS}",  # the book's default settings (overrides.json)
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            print("Running as root (as in many containers): passing --allow-root, "
+                  "without which JupyterLab refuses to start.", flush=True)
+            cmd.append("--allow-root")
+        cmd += argv[1:]
     else:
         env.setdefault("FLOWLIB_QUICK", "1")
         env.setdefault("MPLBACKEND", "Agg")
