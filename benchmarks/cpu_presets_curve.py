@@ -1,0 +1,52 @@
+"""Validation bits/dim against wall-clock minutes for the ``cpu`` presets, from their committed results.
+
+Reads ``results/nice-mnist-cpu.json`` and ``results/realnvp-mnist-cpu.json``
+(the trainer's ``results.json`` of each run, copied there; each history
+entry records the wall-clock seconds at the end of its epoch) and draws one
+curve per model, with the test bits/dim of the best-validation model and
+chapter 7's per-pixel baseline for reference.
+
+    .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json"}
+OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
+
+
+def main() -> int:
+    fig, axes = plt.subplots(1, len(RUNS), figsize=(10, 3.6))
+    for ax, (name, path) in zip(axes, RUNS.items()):
+        if not path.exists():
+            print(f"missing {path}: train it with `python -m flowlib.train {name.lower()} --preset cpu` "
+                  f"and copy runs/.../results.json there", file=sys.stderr)
+            return 1
+        run = json.loads(path.read_text())
+        minutes = [h["seconds"] / 60 for h in run["history"]]
+        ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, label="validation")
+        ax.axhline(run["test_bpd"], color="C1", ls="--", label=f"test (best epoch): {run['test_bpd']:.3f}")
+        if name == "NICE":
+            ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 7): 4.85")
+        ax.set_title(f"{name}, cpu preset: {run['device']}, {run['precision']}", fontsize=9)
+        ax.set_xlabel("wall-clock minutes")
+        ax.set_ylabel("bits / dim")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT, dpi=110)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
