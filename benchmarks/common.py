@@ -192,6 +192,6 @@ def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: 
 def describe_adam(impl: str) -> str:
     """A phrase for the table headers: which Adam implementation each library used."""
     if impl == "native":
-        return ("native: flowlib's train_step as its trainer runs it (fused Adam, bf16 autocast where the CPU has it), "
+        return ("native: flowlib's train_step as its trainer runs it (fused Adam, its preset's precision), "
                 "the peers torch's default Adam in fp32")
     return f"{impl} implementation for every library"
