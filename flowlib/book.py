@@ -41,11 +41,8 @@ def figure_path(name: str) -> Path:
     ``<tmp>/flowlib-figures-quick``: a quick run never overwrites the figures
     of the stored full runs.
 
-    >>> import os
-    >>> os.environ["FLOWLIB_QUICK"] = "1"
-    >>> figure_path("x.png").parent == ROOT / "figures"
-    False
-    >>> del os.environ["FLOWLIB_QUICK"]
+    >>> figure_path("ch01-example.png").name
+    'ch01-example.png'
     """
     env = os.environ.get("FLOWLIB_FIGURES")
     if env:

@@ -104,3 +104,16 @@ def test_figure_png_has_the_figure_size() -> None:
     figure_png(kept, close=False)
     assert plt.fignum_exists(kept.number)
     plt.close(kept)
+
+
+def test_quick_runs_never_write_into_figures(monkeypatch, tmp_path):
+    from flowlib import book
+
+    monkeypatch.delenv("FLOWLIB_FIGURES", raising=False)
+    monkeypatch.setenv("FLOWLIB_QUICK", "1")
+    assert book.figure_path("x.png").parent != book.ROOT / "figures"
+    monkeypatch.setenv("FLOWLIB_FIGURES", str(tmp_path))
+    assert book.figure_path("x.png") == tmp_path / "x.png"
+    monkeypatch.delenv("FLOWLIB_FIGURES")
+    monkeypatch.setenv("FLOWLIB_QUICK", "0")
+    assert book.figure_path("x.png").parent == book.ROOT / "figures"
