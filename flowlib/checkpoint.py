@@ -20,8 +20,8 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig, build_model, config_from_dict
+from .download import write_atomically
 
 __all__ = ["CheckpointError", "atomic_save", "atomic_write_text", "check_writable", "state_bytes", "RunLock",
            "move_run_aside", "check_best", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
@@ -38,17 +39,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint or results file could not be written or read; the message names the path and the cause."""
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _write(path: Path, write: Any) -> None:
-    tmp = _tmp_name(path)
+    """`flowlib.download.write_atomically`, with a failure named as a `CheckpointError` (path and cause)."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, write)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
         cause = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e).splitlines()[0]
         if isinstance(e, RuntimeError) and path.parent.exists():
             free = shutil.disk_usage(path.parent).free
@@ -65,12 +60,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     >>> sorted(p.name for p in folder.iterdir()), load_checkpoint(folder / "a.pt")["x"]
     (['a.pt'], tensor([1., 1.]))
     """
-    _write(Path(path), lambda tmp: torch.save(obj, tmp))
+    _write(Path(path), lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """Write ``text`` to ``path`` atomically."""
-    _write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    _write(Path(path), lambda f: f.write(text.encode()))
 
 
 def state_bytes(*modules_or_optimizers: nn.Module | torch.optim.Optimizer) -> int:
@@ -103,9 +98,8 @@ def check_writable(folder: str | Path, needed_bytes: int = 0) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = _tmp_name(folder / "probe")
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"ok")
     except OSError as e:
         raise CheckpointError(f"cannot write to the run folder {folder}: {os.strerror(e.errno or errno.EIO)}") from e
     free = shutil.disk_usage(folder).free

@@ -234,12 +234,12 @@ def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- where the data lives
 
 
-def _fake_raw(root: Path, names: tuple[str, ...] = tuple(n for p in MNIST_FILES.values() for n in p)) -> Path:
-    """``root/MNIST/raw`` holding placeholder files named like MNIST's (content irrelevant here)."""
+def _raw_folder_with(root: Path, names: tuple[str, ...] = tuple(n for p in MNIST_FILES.values() for n in p)) -> Path:
+    """``root/MNIST/raw`` holding files named like MNIST's; `data_root` looks only at which names exist."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for n in names:
-        (raw / n).write_bytes(b"placeholder")
+        (raw / n).write_bytes(b"not read: data_root only lists names")
     return raw
 
 
@@ -249,11 +249,11 @@ def test_empty_repo_folder_does_not_shadow_the_shared_copy(tmp_path, monkeypatch
     monkeypatch.delenv("FLOWLIB_DATA", raising=False)
     repo, shared = tmp_path / "repo", tmp_path / "shared" / "data"
     (repo / "data" / "MNIST" / "raw").mkdir(parents=True)
-    _fake_raw(shared)
+    _raw_folder_with(shared)
     monkeypatch.setattr(data, "_REPO", repo)
     assert data_root() == shared
     # A repository folder that really holds the files still comes first on a tie ...
-    _fake_raw(repo / "data")
+    _raw_folder_with(repo / "data")
     assert data_root() == repo / "data"
     # ... and neither existing means <repo>/data, where downloads go.
     monkeypatch.setattr(data, "_REPO", tmp_path / "elsewhere" / "repo")
@@ -294,7 +294,7 @@ def test_failed_write_removes_the_folders_it_created(tmp_path, monkeypatch):
 
 def test_permission_denied_is_reported_as_such(tmp_path, monkeypatch):
     # As root, chmod 000 does not stop reads: simulate the refusal at open().
-    raw = _fake_raw(tmp_path, MNIST_FILES["test"])
+    raw = _raw_folder_with(tmp_path, MNIST_FILES["test"])
     denied = raw / MNIST_FILES["test"][0]
     real_open = builtins.open
 
@@ -423,7 +423,7 @@ def test_download_gzip_bomb_is_cut_off(tmp_path, monkeypatch, hostile_server):
 def test_local_gzip_bomb_is_cut_off(tmp_path, monkeypatch):
     limit = 2**20
     monkeypatch.setattr(data, "_MAX_DECOMPRESSED_BYTES", limit)
-    raw = _fake_raw(tmp_path, MNIST_FILES["test"])
+    raw = _raw_folder_with(tmp_path, MNIST_FILES["test"])
     bomb = raw / MNIST_FILES["test"][0]
     bomb.write_bytes(_HostileHandler.bomb)
     peak, error = _peak_memory(lambda: load_mnist("test", root=tmp_path, download=False))

@@ -74,7 +74,7 @@ def test_toy_run_writes_results_and_safe_checkpoints(tmp_path):
         ckpt = torch.load(out / name, weights_only=True)
         assert ckpt["config"] == saved["config"]
     assert torch.load(out / "best.pt", weights_only=True)["run_id"] == saved["run_id"]
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+    assert not list(out.glob("*.part")) and not (out / ".lock").exists()
 
 
 def test_resume_after_max_steps_is_exact(tmp_path):
@@ -278,7 +278,7 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch):
 
 def test_a_failed_write_names_the_path_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     def full_disk(obj, f, *a, **kw):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 2215808 vs 2215700")
 
     monkeypatch.setattr(C.torch, "save", full_disk)
