@@ -4,7 +4,7 @@ Reads ``results/nice-mnist-cpu.json`` and ``results/realnvp-mnist-cpu.json``
 (the trainer's ``results.json`` of each run, copied there; each history
 entry records the wall-clock seconds at the end of its epoch) and draws one
 curve per model, with the test bits/dim of the best-validation model and
-chapter 7's per-pixel baseline for reference.
+chapter 4's per-pixel baseline for reference.
 
     .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
 """

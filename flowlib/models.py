@@ -300,7 +300,7 @@ def realnvp_image_single_scale(
     shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 3, hidden_channels: int = 64,
     num_blocks: int = 4, alpha: float = 0.05, prior: str = "normal",
 ) -> FlowModel:
-    """The couplings of `realnvp_image`, without factoring out (chapter 6's baseline).
+    """The couplings of `realnvp_image`, without factoring out (chapter 7's baseline).
 
     Same number of couplings and squeezes, in the same order, but every layer
     keeps all :math:`C H W` variables, so each later scale works on twice the

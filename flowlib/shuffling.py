@@ -1,4 +1,4 @@
-"""Chapter 4's experiment: coupling stacks that differ only in how they shuffle between couplings.
+"""Chapter 5's experiment: coupling stacks that differ only in how they shuffle between couplings.
 
 A coupling leaves its conditioning half unchanged, so a stack mixes all
 coordinates only if something moves coordinates between the halves from one
@@ -28,7 +28,7 @@ from .permutations import RandomPermutation, ReversePermutation
 
 __all__ = ["SCHEMES", "coupling_stack"]
 
-#: The shuffling schemes of chapter 4 (see `coupling_stack`).
+#: The shuffling schemes of chapter 5 (see `coupling_stack`).
 SCHEMES: tuple[str, ...] = ("alternating", "half", "half+reverse", "half+random", "half+1x1conv")
 
 
