@@ -1,6 +1,6 @@
 """Training throughput of the NICE MNIST model: flowlib vs nflows, normflows, FrEIA.
 
-Architecture (Dinh et al. 2014, section 5.1), built identically in every library:
+Architecture (Dinh et al. 2015, section 5.1), built identically in every library:
 784 dims; 4 additive couplings on alternating odd/even halves (392 conditioning
 coordinates -> 392 shifted ones), each with a ReLU MLP of 5 hidden layers of
 1000 units (last layer zero-initialised); a learned diagonal scaling

@@ -1,6 +1,6 @@
 """Training throughput of multi-scale RealNVP on 28x28 images: flowlib vs normflows.
 
-Architecture (RealNVP, Dinh et al. 2016, section 3.6), the same in both libraries,
+Architecture (RealNVP, Dinh et al. 2017, section 3.6), the same in both libraries,
 for ``--scales 3`` on (1, 28, 28):
 
 * preprocessing: uniform dequantization ``(x + u) / 256`` and

@@ -6,7 +6,7 @@ the number of epochs, the seed and the precision. The config is saved in
 every checkpoint, in ``best.pt`` and in ``results.json``, and compared in one
 place (`config_differences`) when a run is resumed or loaded.
 
-Adam's betas are today's decay rates. The NICE paper (Dinh et al. 2014,
+Adam's betas are today's decay rates. The NICE paper (Dinh et al. 2015,
 section 5.1) gives "momentum 0.9, β2 = 0.01, ε = 1e-4" in the notation of
 the first arXiv versions of Adam, where β is one minus the decay rate (those
 versions' defaults were β1 = 0.1, β2 = 0.001, today's 0.9 and 0.999): in
@@ -134,7 +134,7 @@ RESUMABLE_FIELDS = ("epochs", "max_steps", "out_dir", "device", "checkpoint_minu
 _NICE_ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-4)
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # NICE (Dinh et al. 2014, section 5.1): 4 additive couplings, 5 x 1000 ReLU, logistic prior,
+    # NICE (Dinh et al. 2015, section 5.1): 4 additive couplings, 5 x 1000 ReLU, logistic prior,
     # Adam with lr 1e-3, momentum 0.9, beta2 "0.01" (= betas (0.9, 0.99) today), eps 1e-4.
     # Batch 200 and up to 1500 epochs as in the authors' released code, best validation kept.
     ("nice", "paper"): dict(epochs=1500, batch_size=200, checkpoint_minutes=10.0, log_every=250, **_NICE_ADAM),
@@ -144,7 +144,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
                             train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
-    # Multi-scale RealNVP (Dinh et al. 2016, section 3.6) with residual s/t nets of 64 features
+    # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
     # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64.
     # fp32: under bf16 autocast its validation bits/dim were 0.12 worse after 300 steps
     # (benchmarks/results/precision_check.md), far more than NICE's 0.002.

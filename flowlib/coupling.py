@@ -3,9 +3,9 @@
 Split the input by a mask into a conditioning part :math:`x_1` and a
 transformed part :math:`x_2`:
 
-* additive (NICE, Dinh et al. 2014, section 3.2.2):
+* additive (NICE, Dinh et al. 2015, section 3.2.2):
   :math:`y_1 = x_1,\\; y_2 = x_2 + m(x_1)`, so :math:`\\log|\\det J| = 0`;
-* affine (RealNVP, Dinh et al. 2016, section 3.2):
+* affine (RealNVP, Dinh et al. 2017, section 3.2):
   :math:`y_1 = x_1,\\; y_2 = x_2 \\odot \\exp(s(x_1)) + t(x_1)`, so
   :math:`\\log|\\det J| = \\sum_j s(x_1)_j`.
 

@@ -275,8 +275,8 @@ def mnist_splits(root: str | Path | None = None, valid_size: int = 10000, seed: 
     The validation set is held out from the 60000 training images; the test
     set is the official 10000. By default (``seed=None``) the split is the
     conventional contiguous one: the *last* ``valid_size`` training images
-    are the validation set (50000 / 10000, as in the NICE and RealNVP
-    setups), so it is the same for every reader and every library. Passing
+    are the validation set (50000 / 10000, as in the NICE authors'
+    released code), so it is the same for every reader and every library. Passing
     an integer ``seed`` instead holds out a seeded random subset.
 
     Returns:

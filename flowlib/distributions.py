@@ -1,7 +1,7 @@
 """Base distributions (priors) for the latent space.
 
 Both factorise over dimensions, so ``log_prob`` sums over every non-batch axis
-(the factorial prior of NICE, Dinh et al. 2014, section 3.4):
+(the factorial prior of NICE, Dinh et al. 2015, section 3.4):
 
 * standard normal: :math:`\\log p(z) = -\\tfrac12 \\sum_d (z_d^2 + \\log 2\\pi)`;
 * standard logistic (NICE's prior for MNIST, SVHN and CIFAR-10):

@@ -3,15 +3,16 @@
 A mask :math:`b` has the shape of one example; ``True`` marks the
 *conditioning* part :math:`x_1` (passed through unchanged, fed to the net) and
 ``False`` the part :math:`x_2` that is transformed. The RealNVP paper
-(Dinh et al. 2016, section 3.4) writes a coupling as
+(Dinh et al. 2017, section 3.4) writes a coupling as
 :math:`y = b \\odot x + (1-b) \\odot (x \\odot \\exp(s(b \\odot x)) + t(b \\odot x))`.
 
-* `alternating_mask` (NICE, Dinh et al. 2014, section 5.1): odd/even
+* `alternating_mask` (NICE, Dinh et al. 2015, section 5.1): odd/even
   coordinates of a vector;
 * `half_mask`: first half / second half of a vector (RealNVP's
   :math:`x_{1:d}, x_{d+1:D}` of section 3.2 with :math:`d = \\lfloor D/2 \\rfloor`);
 * `checkerboard_mask` (RealNVP section 3.4): pixels where :math:`(i + j)` is
-  even, on ``(C, H, W)``;
+  even, on ``(C, H, W)`` (RealNVP's own mask, which conditions on the odd
+  pixels, is parity 1; the two alternate in every stack);
 * `channel_mask` (RealNVP section 3.4): first half / second half of the
   channels, on ``(C, H, W)``.
 

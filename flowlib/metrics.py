@@ -14,7 +14,7 @@ Papers on [0, 1]-scaled data (NICE) report the continuous log-density
 .. math:: \\mathrm{bpd} = 8 - \\frac{\\log p(y)}{D \\ln 2}.
 
 NICE's MNIST number, 1980.50 nats, is the "Log-likelihood" row of its
-Table 1 (architecture and results, section 5.1); the paper's comparison with
+table of architecture and results (section 5.1); the paper's comparison with
 other models covers TFD and CIFAR-10 only, since for MNIST it finds no fair
 comparison. It is a log-density of data dequantized with uniform noise
 of 1/256 and rescaled to :math:`[0, 1]^D` (NICE section 5.1), not bits/dim:
@@ -58,7 +58,7 @@ def unit_interval_nats_to_bits_per_dim(log_likelihood: float, num_dims: int, num
     ``num_levels`` is the number of dequantization bins per unit length
     (256 for 8-bit data on [0, 1]; 128 for 8-bit data on [-1, 1]).
 
-    >>> round(unit_interval_nats_to_bits_per_dim(1980.50, 784), 3)   # NICE, MNIST (Table 1)
+    >>> round(unit_interval_nats_to_bits_per_dim(1980.50, 784), 3)   # NICE, MNIST (section 5.1)
     4.356
     >>> round(unit_interval_nats_to_bits_per_dim(5371.78, 3072, num_levels=128), 3)   # NICE, CIFAR-10
     4.477

@@ -8,13 +8,13 @@ and sampling runs the flow backwards, :math:`x = f^{-1}(T z)`, :math:`z \\sim p_
 
 Presets:
 
-* `nice`: the NICE paper's MNIST model (Dinh et al. 2014, section 5.1):
+* `nice`: the NICE paper's MNIST model (Dinh et al. 2015, section 5.1):
   4 additive couplings with alternating odd/even partitions, 5 hidden ReLU
   layers of 1000 units each, a diagonal scaling, a logistic prior.
 * `realnvp`: a vector RealNVP (affine couplings, alternating masks) for 2D toys.
 * `toy_model`: `nice` or `realnvp` sized for the 2D toys, seeded without
   touching the global random state (the playground and the trainer share it).
-* `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2016, section 3.6)
+* `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2017, section 3.6)
   with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
   images; `realnvp_image_single_scale` has the same couplings and no factor-out.
 

@@ -1,4 +1,4 @@
-"""The multi-scale architecture of RealNVP (Dinh et al. 2016, section 3.6).
+"""The multi-scale architecture of RealNVP (Dinh et al. 2017, section 3.6).
 
 After each scale, half of the channels are *factored out*: they go straight to
 the latent code and are not transformed further. With ``L`` levels on a

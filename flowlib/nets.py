@@ -6,9 +6,9 @@ section 3.2). Two are provided:
 
 * `MLP` for vectors: ``in -> hidden (x num_hidden_layers, ReLU) -> out``, the
   "deep rectified networks with linear output units" of NICE (Dinh et al.
-  2014, section 5.1; 5 hidden layers of 1000 units for MNIST);
+  2015, section 5.1; 5 hidden layers of 1000 units for MNIST);
 * `ResidualConvNet` for images: a 3x3 conv in, residual blocks, a 3x3 conv out,
-  as in RealNVP's s and t networks (Dinh et al. 2016, section 3.7: deep
+  as in RealNVP's s and t networks (Dinh et al. 2017, section 3.7: deep
   residual networks with batch normalization; the paper also uses weight
   normalization, which flowlib leaves out).
 

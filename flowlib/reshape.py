@@ -1,4 +1,4 @@
-"""Squeeze: trade spatial size for channels (RealNVP, Dinh et al. 2016, section 3.6).
+"""Squeeze: trade spatial size for channels (RealNVP, Dinh et al. 2017, section 3.6).
 
 Each 2x2 block of pixels becomes 4 channels of one pixel,
 :math:`(C, H, W) \\to (4C, H/2, W/2)` (the paper's :math:`s \\times s \\times c

@@ -1,7 +1,7 @@
 """NICE's diagonal scaling layer.
 
 Additive couplings have unit Jacobian determinant, so a stack of them cannot
-change volume. NICE (Dinh et al. 2014, section 3.3) ends with a diagonal
+change volume. NICE (Dinh et al. 2015, section 3.3) ends with a diagonal
 scaling matrix :math:`S`, :math:`z = S h`, :math:`\\log|\\det J| = \\sum_d \\log|S_{dd}|`.
 flowlib stores its logarithm, :math:`S_{dd} = e^{s_d}`, so the layer is
 :math:`z = h \\odot e^{s}` with :math:`\\log|\\det J| = \\sum_d s_d`: the same
