@@ -4,7 +4,9 @@ Reads ``results/nice-mnist-cpu.json`` and ``results/realnvp-mnist-cpu.json``
 (the trainer's ``results.json`` of each run, copied there; each history
 entry records the wall-clock seconds at the end of its epoch) and draws one
 curve per model, with the test bits/dim of the best-validation model and
-chapter 4's per-pixel baseline for reference.
+chapter 4's per-pixel baseline for reference. Runs kept for comparison
+(``results/realnvp-mnist-cpu-cosine.json``: the same RealNVP preset with the
+learning rate on a cosine to 0) are drawn dashed beside the preset's run.
 
     .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
 """
@@ -22,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json"}
+COMPARED = {"RealNVP": {"cosine lr": ROOT / "results" / "realnvp-mnist-cpu-cosine.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 
 
@@ -36,8 +39,12 @@ def main() -> int:
         minutes = [h["seconds"] / 60 for h in run["history"]]
         ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, label="validation")
         ax.axhline(run["test_bpd"], color="C1", ls="--", label=f"test (best epoch): {run['test_bpd']:.3f}")
+        for k, (what, other_path) in enumerate(COMPARED.get(name, {}).items()):
+            other = json.loads(other_path.read_text())
+            ax.plot([h["seconds"] / 60 for h in other["history"]], [h["valid_bpd"] for h in other["history"]],
+                    "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation (test {other['test_bpd']:.3f})")
         if name == "NICE":
-            ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 7): 4.85")
+            ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 4): 4.85")
         ax.set_title(f"{name}, cpu preset: {run['device']}, {run['precision']}", fontsize=9)
         ax.set_xlabel("wall-clock minutes")
         ax.set_ylabel("bits / dim")

@@ -13,18 +13,18 @@ import os
 import sys
 
 from .checkpoint import CheckpointError
-from .config import make_config
+from .config import MODELS, make_config
 from .train import TrainingDiverged, train
 
 __all__ = ["main"]
 
-_DESCRIPTION = "Train NICE or RealNVP on MNIST or a 2D toy density by maximum likelihood (see flowlib.train)."
+_DESCRIPTION = "Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2D toy density by maximum likelihood (see flowlib.train)."
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flowlib.train MODEL [--dataset mnist] [--preset cpu] [--resume] ...``"""
     p = argparse.ArgumentParser(prog="python -m flowlib.train", description=_DESCRIPTION)
-    p.add_argument("model", choices=["nice", "realnvp"])
+    p.add_argument("model", choices=list(MODELS))
     p.add_argument("--dataset", default="mnist", help="mnist or a 2D toy density name")
     p.add_argument("--preset", default="cpu", choices=["paper", "cpu", "quick"])
     p.add_argument("--out", help="run folder (default runs/MODEL-DATASET-PRESET[-changed fields])")

@@ -17,12 +17,17 @@ Presets:
 * `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2017, section 3.6)
   with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
   images; `realnvp_image_single_scale` has the same couplings and no factor-out.
+* `glow`: Glow's multi-scale model (Kingma & Dhariwal 2018, section 3):
+  squeeze, then steps of ActNorm, an invertible 1x1 convolution (or a fixed
+  channel permutation, to compare) and an affine coupling, then factor out.
 
 References: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
 Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
 (https://arxiv.org/abs/1410.8516). L. Dinh, J. Sohl-Dickstein, S. Bengio,
 "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803
-(https://arxiv.org/abs/1605.08803).
+(https://arxiv.org/abs/1605.08803). D. P. Kingma, P. Dhariwal, "Glow:
+Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018,
+arXiv:1807.03039 (https://arxiv.org/abs/1807.03039).
 """
 
 from __future__ import annotations
@@ -40,14 +45,17 @@ from .flow import Flow, Sequential, check_shape, value_checks_enabled
 from .masks import alternating_mask, channel_mask, checkerboard_mask
 from .metrics import bits_per_dim
 from .multiscale import MultiScale
-from .nets import MLP, ResidualConvNet
+from .conv1x1 import InvertibleConv1x1
+from .nets import MLP, GlowConvNet, ResidualConvNet
+from .normalization import ActNorm
+from .permutations import RandomPermutation, ReversePermutation
 from .preprocess import Dequantize, Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
 
 __all__ = [
     "FlowModel", "nice", "realnvp", "realnvp_image",
-    "realnvp_image_single_scale", "toy_model",
+    "realnvp_image_single_scale", "glow", "toy_model", "GLOW_PERMUTATIONS",
 ]
 
 class FlowModel(nn.Module):
@@ -320,3 +328,63 @@ def realnvp_image_single_scale(
         layers += [_channel_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(3)]
     layers += [_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(4)]
     return FlowModel(Sequential(*layers), prior, shape, latent_shape=(c, h, w))
+
+
+#: How `glow` mixes the channels between couplings.
+GLOW_PERMUTATIONS = ("conv1x1", "reverse", "shuffle")
+
+
+def _glow_step(c: int, h: int, w: int, hidden: int, permutation: str, seed: int) -> Sequential:
+    """ActNorm, channel mixing, affine coupling (Glow's "step of flow", section 3)."""
+    mask = channel_mask(c, h, w, 0)
+    n_cond = int(mask[:, 0, 0].sum())
+    mix = {"conv1x1": lambda: InvertibleConv1x1(c, seed=seed), "reverse": lambda: ReversePermutation(c),
+           "shuffle": lambda: RandomPermutation(c, seed=seed)}[permutation]()
+    return Sequential(ActNorm(c), mix, AffineCoupling(mask, GlowConvNet(n_cond, 2 * (c - n_cond), hidden)))
+
+
+def glow(
+    shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 2, steps_per_scale: int = 8,
+    hidden_channels: int = 128, permutation: str = "conv1x1", alpha: float = 0.05, prior: str = "normal",
+    preprocess: bool = True,
+) -> FlowModel:
+    """Glow on ``(C, H, W)`` images (Kingma & Dhariwal 2018, section 3 and figure 2).
+
+    Each of the ``num_scales`` scales squeezes, then applies
+    ``steps_per_scale`` steps of flow,
+
+    .. math:: x \\to \\mathrm{ActNorm} \\to W x \\;(1\\times1\\ \\text{conv}) \\to
+       \\text{affine coupling on the channel halves},
+
+    and every scale but the last factors out half of its channels
+    (`~flowlib.multiscale.MultiScale`; Glow also learns a conditional prior
+    for the factored-out half, flowlib keeps RealNVP's fixed prior). Unlike RealNVP's fixed checkerboard
+    and channel masks, every coupling splits the channels the same way; the
+    learned :math:`W` (log-det :math:`H W \\log|\\det W|`) decides what the
+    halves contain. ``permutation`` replaces it by Glow's baselines: a
+    fixed ``"reverse"`` of the channels or a fixed random ``"shuffle"``
+    (section 5.1). With ``preprocess`` the flow starts with `Dequantize` and
+    `Logit`, so ``log_prob`` takes 8-bit images. ActNorm starts from the
+    first batch (`~flowlib.flow.initialize_from_data`).
+
+    >>> model = glow((1, 8, 8), num_scales=2, steps_per_scale=2, hidden_channels=8)
+    >>> model.log_prob(torch.randint(0, 256, (2, 1, 8, 8))).shape, model.multiscale.latent_shapes
+    (torch.Size([2]), [(2, 4, 4), (8, 2, 2)])
+    """
+    if permutation not in GLOW_PERMUTATIONS:
+        raise ValueError(f"permutation must be one of {GLOW_PERMUTATIONS}, got {permutation!r}")
+    if steps_per_scale < 1:
+        raise ValueError(f"steps_per_scale must be a positive integer, got {steps_per_scale}")
+    shape = _check_image_shape(shape, num_scales + 1)
+    c, h, w = shape
+    scales: list[Flow] = []
+    for k in range(num_scales):
+        c, h, w = 4 * c, h // 2, w // 2
+        steps = [_glow_step(c, h, w, hidden_channels, permutation, seed=k * steps_per_scale + i)
+                 for i in range(steps_per_scale)]
+        scales.append(Sequential(Squeeze(), *steps))
+        if k < num_scales - 1:
+            c = c - c // 2
+    body = MultiScale(scales[:-1], scales[-1], shape, final_output_shape=(c, h, w))
+    flow = Sequential(Dequantize(), Logit(alpha), body) if preprocess else body
+    return FlowModel(flow, prior, shape, latent_shape=(math.prod(shape),))

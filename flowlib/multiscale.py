@@ -10,7 +10,9 @@ before its squeeze, so deep layers are cheap, and the latent is
 
 Every level must map ``(C, H, W)`` to ``(4C, H/2, W/2)`` (it contains one
 `~flowlib.reshape.Squeeze`); the container then keeps the second half of the
-channels and factors out the first half. The latent is returned flat,
+channels and factors out the first half. The final flow keeps its input's
+shape unless ``final_output_shape`` says otherwise (Glow's last scale starts
+with a squeeze). The latent is returned flat,
 ``(B, C H W)``; `split_latent` cuts it back into the per-scale pieces.
 In the paper's notation (RealNVP section 3.6), :math:`h^{(0)} = x`,
 :math:`(z^{(i+1)}, h^{(i+1)}) = f^{(i+1)}(h^{(i)})`,
@@ -46,7 +48,8 @@ class MultiScale(Flow):
     torch.Size([3, 16])
     """
 
-    def __init__(self, levels: Sequence[Flow], final: Flow, shape: tuple[int, int, int]) -> None:
+    def __init__(self, levels: Sequence[Flow], final: Flow, shape: tuple[int, int, int],
+                 final_output_shape: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         self.levels = nn.ModuleList(levels)
         self.final = final
@@ -62,7 +65,11 @@ class MultiScale(Flow):
             self.latent_shapes.append((c // 2, h, w))
             c = c - c // 2
         self.final_shape = (c, h, w)
-        self.latent_shapes.append(self.final_shape)
+        out = self.final_shape if final_output_shape is None else tuple(final_output_shape)
+        if math.prod(out) != math.prod(self.final_shape):
+            raise ValueError(f"final_output_shape {out} must hold as many values as the final flow's input "
+                             f"{self.final_shape}")
+        self.latent_shapes.append(out)
         self.num_dims = math.prod(self.input_shape)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

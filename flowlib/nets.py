@@ -10,7 +10,10 @@ section 3.2). Two are provided:
 * `ResidualConvNet` for images: a 3x3 conv in, residual blocks, a 3x3 conv out,
   as in RealNVP's s and t networks (Dinh et al. 2017, section 3.7: deep
   residual networks with batch normalization; the paper also uses weight
-  normalization, which flowlib leaves out).
+  normalization, which flowlib leaves out);
+* `GlowConvNet` for images: Glow's three convolutions, 3x3, 1x1, 3x3, with
+  ReLUs between (Kingma & Dhariwal 2018, section 3.3; Glow also puts ActNorm
+  after the first two, which flowlib leaves out).
 
 The last layer starts at zero so that every coupling starts as the identity,
 which keeps deep flows stable at initialisation (Glow's "zero
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ResidualConvNet"]
+__all__ = ["MLP", "ResidualConvNet", "GlowConvNet"]
 
 
 class MLP(nn.Sequential):
@@ -106,3 +109,26 @@ class ResidualConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.blocks(self.inp(x))  # channels-last weights make the activations channels-last too
         return self.out(F.relu(self.out_norm(h), inplace=True))
+
+
+class GlowConvNet(nn.Sequential):
+    """``conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3`` (Glow's coupling network), last conv zero.
+
+    >>> import torch
+    >>> net = GlowConvNet(2, 4, hidden_channels=8)
+    >>> out = net(torch.randn(3, 2, 6, 6))
+    >>> out.shape, bool((out == 0).all())
+    (torch.Size([3, 4, 6, 6]), True)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 512,
+                 zero_init: bool = True) -> None:
+        out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        super().__init__(
+            nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, hidden_channels, 1), nn.ReLU(inplace=True), out,
+        )
+        self.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Tests of flowlib.models: FlowModel and the presets nice, realnvp, realnvp_image.
+"""Tests of flowlib.models: FlowModel and the presets nice, realnvp, realnvp_image, glow.
 
 Every preset's log-det is checked against autograd like the single layers in
 test_layers.py. Presets with dequantization draw noise on every call, so those
@@ -24,6 +24,8 @@ from flowlib import (
     MultiScale, ResidualConvNet, Sequential, Squeeze, StandardLogistic, StandardNormal,
     checkerboard_mask, channel_mask, jacobian, nice, realnvp, realnvp_image,
 )
+from flowlib.flow import initialize_from_data
+from flowlib.models import GLOW_PERMUTATIONS, glow
 from flowlib.distributions import Prior
 from flowlib.metrics import bits_per_dim, unit_interval_nats_to_bits_per_dim
 
@@ -47,6 +49,11 @@ PRESETS: dict[str, tuple[Callable[[], FlowModel], Callable[[], Tensor], bool]] =
     "realnvp_image": (lambda: small_image_model(False), lambda: torch.randn(B, *IMAGE), False),
     "realnvp_image-preprocess": (lambda: small_image_model(True),
                                  lambda: torch.randint(0, 256, (B, *IMAGE)).float(), True),
+    **{f"glow-{p}": (lambda p=p: glow(IMAGE, num_scales=2, steps_per_scale=2, hidden_channels=8, permutation=p,
+                                      preprocess=False), lambda: torch.randn(B, *IMAGE), False)
+       for p in GLOW_PERMUTATIONS},
+    "glow-preprocess": (lambda: glow(IMAGE, num_scales=2, steps_per_scale=2, hidden_channels=8),
+                        lambda: torch.randint(0, 256, (B, *IMAGE)).float(), True),
 }
 DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
 
@@ -402,3 +409,54 @@ def test_flow_model_with_custom_flow():
     assert model.num_dims == 8 and model.latent_shape == (2, 2, 2)
     x = torch.randn(B, 2, 2, 2)
     torch.testing.assert_close(model.log_prob(x), StandardLogistic().log_prob(x))  # identity at init
+
+
+# ------------------------------------------------------------------------- glow
+
+
+def test_glow_mnist_structure():
+    """Two scales on 28x28: squeeze to 4x14x14, factor out 2 channels, squeeze to 8x7x7 (Glow, figure 2)."""
+    model = glow((1, 28, 28), num_scales=2, steps_per_scale=3, hidden_channels=8)
+    body = model.multiscale
+    assert body.latent_shapes == [(2, 14, 14), (8, 7, 7)]
+    assert sum(math.prod(s) for s in body.latent_shapes) == 784
+    step = body.levels[0][1]
+    assert [type(m).__name__ for m in step] == ["ActNorm", "InvertibleConv1x1", "AffineCoupling"]
+    assert len(body.levels[0]) == 1 + 3 and len(body.final) == 1 + 3
+
+
+def test_glow_actnorm_starts_from_the_data():
+    """After `initialize_from_data` every ActNorm's output has zero mean, unit variance per channel."""
+    from flowlib.normalization import ActNorm
+
+    model = glow(IMAGE, num_scales=2, steps_per_scale=2, hidden_channels=8)
+    x = torch.randint(0, 256, (64, *IMAGE)).float()
+    names = initialize_from_data(model, x)
+    assert len(names) == 4 and all(name.endswith(".0") for name in names)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0]))
+             for m in model.modules() if isinstance(m, ActNorm)]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model.train()
+        initialize_from_data(model, x)  # already initialised: a no-op
+    for h in hooks:
+        h.remove()
+    assert outputs == []
+    with torch.no_grad():
+        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0]))
+                 for m in model.modules() if isinstance(m, ActNorm)]
+        model(x)
+    # the first ActNorm sees the same data distribution it was initialised on, up to a new noise draw
+    first = outputs[0]
+    assert first.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    assert (first.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_glow_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="permutation must be one of"):
+        glow(IMAGE, permutation="random")
+    with pytest.raises(ValueError, match="steps_per_scale"):
+        glow(IMAGE, steps_per_scale=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        glow((1, 6, 6), num_scales=2)
