@@ -5,8 +5,8 @@ Reads ``results/nice-mnist-cpu.json`` and ``results/realnvp-mnist-cpu.json``
 entry records the wall-clock seconds at the end of its epoch) and draws one
 curve per model, with the test bits/dim of the best-validation model and
 chapter 4's per-pixel baseline for reference. Runs kept for comparison
-(``results/realnvp-mnist-cpu-cosine.json``: the same RealNVP preset with the
-learning rate on a cosine to 0) are drawn dashed beside the preset's run.
+(``results/realnvp-mnist-cpu-constant.json``: the same RealNVP preset with a
+constant learning rate) are drawn dashed beside the preset's run.
 
     .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
 """
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json"}
-COMPARED = {"RealNVP": {"cosine lr": ROOT / "results" / "realnvp-mnist-cpu-cosine.json"}}
+COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 
 

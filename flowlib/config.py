@@ -157,10 +157,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
                                model_kwargs=dict(hidden_channels=64, num_blocks=8),
                                checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
-    # About 26 minutes on 2 cores. Constant lr: with a cosine decay to 0 the same model ended at 1.538 test
-    # bits/dim (results/realnvp-mnist-cpu-cosine.json), the model is far from converged and the decay only slows it;
-    # lr 3e-3 was ahead at 300 steps (2.90 against 3.23 validation bits/dim) and behind at 600 (2.23 against 2.17).
+    # About 26 minutes on 2 cores, lr on a cosine to 0: 1.538 test bits/dim (results/realnvp-mnist-cpu.json);
+    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json), and lr 3e-3
+    # was ahead at 300 steps (2.90 against 3.23 validation bits/dim) but behind at 600 (2.23 against 2.17).
     ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
+                             schedule="cosine",
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
     # Glow (Kingma & Dhariwal 2018, section 3): 2 scales (28x28 squeezes to 14x14, then 7x7) of
     # ActNorm, 1x1 convolution and affine coupling steps. The paper has no MNIST model; "paper" uses its
