@@ -158,8 +158,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                                model_kwargs=dict(hidden_channels=64, num_blocks=8),
                                checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
     # About 26 minutes on 2 cores, lr on a cosine to 0: 1.538 test bits/dim (results/realnvp-mnist-cpu.json);
-    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json), and lr 3e-3
-    # was ahead at 300 steps (2.90 against 3.23 validation bits/dim) but behind at 600 (2.23 against 2.17).
+    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json).
     ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
                              schedule="cosine",
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
