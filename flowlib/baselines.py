@@ -131,7 +131,7 @@ def _rings(x: Tensor) -> Tensor:
     return _mixture(log_ring)
 
 
-def _two_moons(x: Tensor, nodes: int = 4000) -> Tensor:
+def _two_moons(x: Tensor, nodes: int = 1000) -> Tensor:
     t = (torch.arange(nodes, dtype=_F64) + 0.5) * (math.pi / nodes)   # midpoint rule on [0, pi]
     shift = torch.tensor([-1.0, -0.2], dtype=_F64)
     upper = torch.stack([torch.cos(t), torch.sin(t)], dim=1)
