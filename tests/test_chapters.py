@@ -29,8 +29,7 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("every_drawing_cell_stores_its_picture", "03-affine-coupling"): "its playground stores no static picture yet",
     **{(check, name): "no exercises or references yet"
        for check in ("chapter_ends_with_summary_exercises_references", "exercises_have_collapsed_solutions")
-       for name in ("01-change-of-variables", "02-additive-coupling", "05-masking-and-shuffling", "06-squeeze",
-                    "07-multi-scale")},
+       for name in ("01-change-of-variables", "02-additive-coupling", "05-masking-and-shuffling", "07-multi-scale")},
 }
 
 
