@@ -7,28 +7,40 @@ minimising the mean negative log-likelihood in nats,
 
 with Adam and a cosine learning-rate decay (`flowlib.fit.fit`), then reports
 the test NLL (`flowlib.fit.evaluate`) and draws data | learned density |
-samples (`flowlib.plots.plot_density_and_samples`). `transform_playground`
-draws chapter 1's warp, :math:`p_X(x) = p_Z(f(x))\\,|\\det \\partial f/\\partial x|`,
-for slider values (`flowlib.warp.plot_warp`).
+samples (`flowlib.plots.plot_density_and_samples`); `train_playground` is
+that Train button without the widget. `transform_playground` draws chapter
+1's warp, :math:`p_X(x) = p_Z(f(x))\\,|\\det \\partial f/\\partial x|`, for
+slider values (`flowlib.warp.plot_warp`).
+
+`show` is how a chapter shows a widget: each of its outputs carries the live
+widget and, for front ends that cannot run it (a stored notebook on GitHub,
+through nbconvert, or opened but not yet run in JupyterLab), a picture of
+what the widget shows, made by the widget's own code (for the playground:
+after pressing Train with its settings), and a caption.
 
 The widgets hold no logic of their own: every number and picture comes from
 those functions, which the tests call directly. ipywidgets and matplotlib
-are imported only when a widget is made.
+are imported only when a widget or a picture is made.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .analysis import count_parameters
+from .book import quick_mode
 from .fit import evaluate, fit
-from .models import toy_model
+from .models import FlowModel, toy_model
 from .plots import figure_png, plot_density_and_samples
 from .toy import TOY_DENSITIES, toy_splits
 from .warp import plot_warp
 
-__all__ = ["DEFAULT_LR", "PLAYGROUND_CLASSES", "playground", "transform_playground"]
+__all__ = [
+    "DEFAULTS", "DEFAULT_LR", "PLAYGROUND_CLASSES", "QUICK_STEPS", "PlaygroundRun", "WIDGET_VIEW", "draw_playground",
+    "playground", "show", "train_playground", "transform_playground",
+]
 
 #: CSS classes that the widgets put on their parts (a browser test relies on them).
 PLAYGROUND_CLASSES: dict[str, str] = {
@@ -46,17 +58,103 @@ PLAYGROUND_CLASSES: dict[str, str] = {
     "transform_root": "flowlib-transform-playground",
 }
 
-#: The playground's learning rate for each model kind (``lr=None``). Measured
-#: with the other defaults (1000 steps, 6 couplings of width 64) on all six toy
-#: densities: RealNVP fits best at 3e-3; NICE at 3e-3 gets stuck on
-#: ``8gaussians`` in half the seeds (one wide blob, 4.36 nats), at 1e-3 it does not (3.5-3.6).
-DEFAULT_LR: dict[str, float] = {"nice": 1e-3, "realnvp": 3e-3}
+#: The playground's settings for each model kind (arguments left ``None``),
+#: with 10000 training points, batches of 256 and seed 0: 15-25 s of training
+#: on one CPU core. Chosen by measuring, on all six toy densities, the test NLL
+#: minus the density's true NLL on the same 5000 test points (its log-density
+#: by numerical integrals of the generating process; the same numbers as
+#: `flowlib.baselines.true_nll` for the four it covers), and comparing with a
+#: run of about three times the work (16 couplings, 6000 steps). In nats, for two_moons,
+#: 8gaussians, checkerboard, pinwheel, 2spirals, rings (the long run in brackets):
+#:
+#: * RealNVP, 8 couplings of width 64, 4000 steps, lr 3e-3: 0.02, 0.09, 0.20,
+#:   0.09, 0.22, 0.61 (0.02, 0.07, 0.09, 0.05, 0.17, 0.50). The earlier
+#:   defaults, 6 couplings and 1000 steps: 0.05, 0.17, 0.24, 0.19, 0.47, 0.75.
+#: * NICE, 12 couplings of width 64, 3000 steps, lr 1e-3: 0.11, 0.44, 0.42,
+#:   0.21, 0.38, 1.01 (0.10, 0.38, 0.40, 0.11, 0.37, 1.01). The earlier
+#:   defaults: 0.22, 0.79, 0.57, 0.43, 0.99, 1.01. At lr 3e-3 NICE stays one
+#:   wide blob on 8gaussians (1.52).
+#:
+#: So each kind gets within about 0.1 nats of what it reaches with three times
+#: the work; what is left is the model's limit. Neither fits ``rings``; NICE
+#: does not move from its starting blob there (1.01 at every setting tried) and
+#: fits ``8gaussians`` only roughly: both densities are symmetric under
+#: :math:`x_i \to -x_i`, so at NICE's start (identity couplings) the expected
+#: gradient of every coupling vanishes (chapter 3 measures it).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "nice": {"num_couplings": 12, "hidden": 64, "steps": 3000, "lr": 1e-3},
+    "realnvp": {"num_couplings": 8, "hidden": 64, "steps": 4000, "lr": 3e-3},
+}
+
+#: The default learning rate of each model kind (``DEFAULTS[kind]["lr"]``).
+DEFAULT_LR: dict[str, float] = {kind: float(d["lr"]) for kind, d in DEFAULTS.items()}
+
+#: Training steps of `show`'s picture of the playground in quick mode (`flowlib.book.quick_mode`).
+QUICK_STEPS = 60
+
+
+
+def draw_playground(model: FlowModel | None, data: Any, title: str | None = None) -> bytes:
+    """The playground's picture as PNG bytes: `~flowlib.plots.plot_density_and_samples` of ``model`` and ``data``.
+
+    With ``model=None`` only the data panel is filled. The layout is computed
+    once more before `~flowlib.plots.figure_png` renders it: after the single
+    ``tight_layout`` of `~flowlib.plots.plot_density_and_samples` the tops of
+    the titles lie outside the figure (its equal-aspect panels end up taller
+    than that layout assumed); a second pass fits them.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import torch
+    >>> draw_playground(None, torch.randn(100, 2))[:4]
+    b'\\x89PNG'
+    """
+    fig = plot_density_and_samples(model, data, title=title)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+@dataclass
+class PlaygroundRun:
+    """One press of Train: the trained ``model``, its test NLL (nats), the ``status`` line and the picture (``png``)."""
+
+    model: FlowModel
+    nll: float
+    status: str
+    png: bytes
+
+
+def train_playground(
+    density: str, kind: str, num_couplings: int, hidden: int, steps: int, lr: float,
+    n_train: int = 10000, n_test: int = 5000, batch_size: int = 256, seed: int = 0,
+    callback: Callable[[int, float], None] | None = None,
+) -> PlaygroundRun:
+    """What the playground's Train button does, without the widget.
+
+    Draws ``n_train`` and ``n_test`` independent points of ``density``
+    (`~flowlib.toy.toy_splits`, seeded with ``seed``), builds
+    `~flowlib.models.toy_model` (seeded with ``seed``), fits it with
+    `~flowlib.fit.fit` (nats, Adam, cosine decay from ``lr``, gradients
+    clipped at 10; ``callback(step, loss)`` every 50 steps), evaluates the
+    test NLL with `~flowlib.fit.evaluate` and draws `draw_playground`.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> run = train_playground("rings", "nice", 1, 4, steps=20, lr=1e-3, n_train=256, n_test=64, batch_size=64)
+    >>> run.status.startswith("rings, nice, ") and "test NLL" in run.status, run.png[:4]
+    (True, b'\\x89PNG')
+    """
+    train, test = toy_splits(density, n_train, n_test, seed=seed)
+    model = toy_model(kind, num_couplings, hidden, seed=seed)
+    fit(model, train, steps=steps, batch_size=batch_size, lr=lr, clip_grad=10.0, schedule="cosine",
+        unit="nats", seed=seed, callback=callback)
+    nll = evaluate(model, test).nats
+    status = f"{density}, {kind}, {count_parameters(model)} parameters: test NLL {nll:.3f} nats"
+    return PlaygroundRun(model, nll, status, draw_playground(model, train, title=f"{density}, {kind}"))
 
 
 def playground(
-    density: str = "two_moons", kind: str = "realnvp", num_couplings: int = 6, hidden: int = 64,
-    steps: int = 1000, lr: float | None = None, n_train: int = 10000, n_test: int = 5000,
-    batch_size: int = 256, seed: int = 0,
+    density: str = "two_moons", kind: str = "realnvp", num_couplings: int | None = None,
+    hidden: int | None = None, steps: int | None = None, lr: float | None = None, n_train: int = 10000,
+    n_test: int = 5000, batch_size: int = 256, seed: int = 0,
 ) -> Any:
     """An ipywidgets UI: pick a toy density and a model, press Train, see the fit.
 
@@ -71,15 +169,21 @@ def playground(
     (``flowlib-plot``). The whole box has class ``flowlib-playground``; the
     names are in `PLAYGROUND_CLASSES` and the widgets in ``box.parts``.
 
-    The picture shows the data of the chosen density until Train is pressed,
-    then data | learned density | samples of the trained model. Train builds
-    `~flowlib.models.toy_model` (seeded with ``seed``) and fits it with
-    `~flowlib.fit.fit` (nats, cosine decay, gradients clipped at 10). While
-    it trains, the controls are disabled and a density change does not touch
-    the picture (it is used by the next Train). The defaults fit every toy
-    density in a few seconds on a CPU. The learning rate starts at
-    `DEFAULT_LR` of the model kind (unless ``lr`` is given) and follows the
-    model dropdown until the slider is moved.
+    Train runs `train_playground` with the controls' values. The picture
+    shows the data of the chosen density until the first Train; from then on
+    it shows the result of the last training (data | learned density |
+    samples, with the test NLL in the status line) until the next Train
+    finishes. A control changed while a training runs therefore never
+    replaces its result, whenever the kernel gets the change (a front end's
+    messages wait in the kernel's queue until the training ends); the status
+    line says which density the next Train fits. While it trains, the
+    controls are disabled.
+
+    Settings left ``None`` start at `DEFAULTS` for the model kind and follow
+    the model dropdown until their control is moved. ``box.picture(quick)``
+    presses Train (for at most `QUICK_STEPS` steps when ``quick``; the steps
+    slider keeps its value) and returns the picture and what it shows: what
+    `show` displays for front ends without widgets.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> box = playground("rings", num_couplings=1, hidden=4, steps=20, n_train=256, n_test=64, batch_size=64)
@@ -89,18 +193,20 @@ def playground(
     """
     import ipywidgets as w
 
-    if kind not in DEFAULT_LR:
-        raise ValueError(f"kind must be one of {sorted(DEFAULT_LR)}, got {kind!r}")
+    if kind not in DEFAULTS:
+        raise ValueError(f"kind must be one of {sorted(DEFAULTS)}, got {kind!r}")
+    given = {"num_couplings": num_couplings, "hidden": hidden, "steps": steps, "lr": lr}
+    start = {k: DEFAULTS[kind][k] if v is None else v for k, v in given.items()}
     c = PLAYGROUND_CLASSES
     density_w = w.Dropdown(options=list(TOY_DENSITIES), value=density, description="density")
-    model_w = w.Dropdown(options=list(DEFAULT_LR), value=kind, description="model")
-    couplings_w = w.IntSlider(value=num_couplings, min=1, max=16, description="couplings")
-    hidden_w = w.IntSlider(value=hidden, min=4, max=256, step=4, description="hidden")
-    steps_w = w.IntSlider(value=steps, min=20, max=5000, step=20, description="steps")
-    lr_w = w.FloatLogSlider(value=DEFAULT_LR[kind] if lr is None else lr, base=10, min=-4, max=-1,
-                            step=0.1, description="lr", readout_format=".0e")
+    model_w = w.Dropdown(options=list(DEFAULTS), value=kind, description="model")
+    couplings_w = w.IntSlider(value=start["num_couplings"], min=1, max=16, description="couplings")
+    hidden_w = w.IntSlider(value=start["hidden"], min=4, max=256, step=4, description="hidden")
+    steps_w = w.IntSlider(value=start["steps"], min=20, max=10000, step=20, description="steps")
+    lr_w = w.FloatLogSlider(value=start["lr"], base=10, min=-4, max=-1, step=0.1, description="lr",
+                            readout_format=".0e")
     button = w.Button(description="Train", button_style="primary", icon="play")
-    progress = w.IntProgress(value=0, min=0, max=steps, description="progress")
+    progress = w.IntProgress(value=0, min=0, max=start["steps"], description="progress")
     status = w.HTML(value="press Train")
     image = w.Image(format="png")
     parts = {"density": density_w, "model": model_w, "couplings": couplings_w, "hidden": hidden_w,
@@ -108,50 +214,50 @@ def playground(
              "status": status, "plot": image}
     for key, widget in parts.items():
         widget.add_class(c[key])
+    sliders = {"num_couplings": couplings_w, "hidden": hidden_w, "steps": steps_w, "lr": lr_w}
     settings = [density_w, model_w, couplings_w, hidden_w, steps_w, lr_w]
     controls = settings + [button]  # disabled while training
-    training = [False]
-
-    def splits(name: str) -> tuple[Any, Any]:
-        return toy_splits(name, n_train, n_test, seed=seed)
+    state: dict[str, Any] = {"training": False, "result": None}  # result: (density, status line) of the last Train
 
     def show_data(change: Any = None) -> None:
-        if training[0]:  # the picture belongs to the run in progress
-            return
-        image.value = figure_png(plot_density_and_samples(None, splits(density_w.value)[0]))
-        status.value = "press Train"
+        if state["result"] is None and not state["training"]:
+            image.value = draw_playground(None, toy_splits(density_w.value, n_train, n_test, seed=seed)[0])
+            status.value = "press Train"
+        elif state["result"] is not None and not state["training"]:
+            shown, line = state["result"]
+            status.value = line if density_w.value == shown else f"{line}; press Train to fit {density_w.value}"
 
     def follow_kind(change: Any) -> None:
-        if math.isclose(lr_w.value, DEFAULT_LR[change["old"]], rel_tol=1e-6):  # not moved by hand
-            lr_w.value = DEFAULT_LR[change["new"]]
+        old, new = DEFAULTS[change["old"]], DEFAULTS[change["new"]]
+        for key, slider in sliders.items():
+            if math.isclose(slider.value, old[key], rel_tol=1e-6):  # not moved by hand
+                slider.value = new[key]
 
     def on_train(_: Any = None) -> None:
         name, chosen_kind, total = density_w.value, model_w.value, steps_w.value
-        training[0] = True
+        state["training"] = True
         for widget in controls:
             widget.disabled = True
         try:
-            train, test = splits(name)
-            model = toy_model(chosen_kind, couplings_w.value, hidden_w.value, seed=seed)
             progress.max, progress.value = total, 0
 
             def report(step: int, loss: float) -> None:
                 progress.value = step
                 status.value = f"step {step}/{total}, train loss {loss:.3f} nats"
 
-            fit(model, train, steps=total, batch_size=batch_size, lr=lr_w.value, clip_grad=10.0,
-                schedule="cosine", unit="nats", seed=seed, callback=report)
-            nll = evaluate(model, test).nats
-            status.value = (f"{name}, {chosen_kind}, {count_parameters(model)} parameters: "
-                            f"test NLL {nll:.3f} nats")
-            image.value = figure_png(plot_density_and_samples(model, train, title=f"{name}, {chosen_kind}"))
+            run = train_playground(name, chosen_kind, couplings_w.value, hidden_w.value, total, lr_w.value,
+                                   n_train=n_train, n_test=n_test, batch_size=batch_size, seed=seed,
+                                   callback=report)
+            state["result"] = (name, run.status)
+            image.value = run.png
         except Exception as err:  # keep the UI alive and say what went wrong
             status.value = f"<b>error:</b> {type(err).__name__}: {err}"
             raise
         finally:
-            training[0] = False
+            state["training"] = False
             for widget in controls:
                 widget.disabled = False
+        show_data()
 
     show_data()
     density_w.observe(show_data, names="value")
@@ -160,6 +266,21 @@ def playground(
     box = w.VBox([w.VBox(settings + [w.HBox([button, progress]), status]), image])
     box.add_class(c["root"])
     box.parts = parts  # direct access for tests and readers
+
+    def picture(quick: bool = False) -> tuple[bytes, str]:
+        """Press Train (for at most ``QUICK_STEPS`` steps when ``quick``); the picture and what it shows."""
+        chosen = steps_w.value
+        if quick:  # the slider goes back to the chosen value, for the reader's next Train
+            steps_w.value = min(chosen, QUICK_STEPS)
+        described = (f"{couplings_w.value} couplings of width {hidden_w.value}, {steps_w.value} steps, "
+                     f"lr {_scientific(lr_w.value)}")
+        try:
+            on_train()
+        finally:
+            steps_w.value = chosen
+        return bytes(image.value), f"the playground after pressing Train with its settings ({described}): {status.value}"
+
+    box.picture = picture
     return box
 
 
@@ -203,4 +324,68 @@ def transform_playground(**initial: float) -> Any:
     box = w.VBox([w.VBox(list(sliders.values())), image])
     box.add_class(PLAYGROUND_CLASSES["transform_root"])
     box.parts = {**sliders, "plot": image}
+
+    def picture(quick: bool = False) -> tuple[bytes, str]:
+        """The picture at the sliders' values and what it shows."""
+        chosen = ", ".join(f"{s.description} {s.value:g}" for s in sliders.values())
+        return bytes(image.value), f"the widget with its sliders at {chosen}"
+
+    box.picture = picture
     return box
+
+
+#: The mime type of a widget's view in a cell's output (ipywidgets 8).
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def show(widget: Any) -> None:
+    """Display a widget of this module so that every reader sees something: the live widget, or its picture.
+
+    Two outputs, each a live widget with a fallback in the same mime bundle:
+
+    1. ``widget`` with, as ``image/png``, the picture it shows once
+       ``widget.picture(quick_mode())`` has run (`playground` and
+       `transform_playground` give their widgets that method; for the
+       playground it presses Train, so the widget opens on the result of a
+       training with its settings, shortened to `QUICK_STEPS` steps in quick
+       mode, `flowlib.book.quick_mode`);
+    2. an empty, hidden widget with, as ``text/markdown``, a caption saying
+       what the picture shows and how to get the widget.
+
+    A front end shows one mime type per output. JupyterLab, running the cell,
+    shows the widgets (the hidden one takes no room); a notebook stored
+    without widget state, opened in JupyterLab (whose widget renderer is not
+    used for untrusted outputs), on GitHub or through nbconvert shows the
+    picture and the caption. Returns nothing, so a cell ending in
+    ``show(...)`` shows only these two outputs.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> show(transform_playground(bend=0.4))  # outside IPython display() prints each bundle  # doctest: +ELLIPSIS
+    {'application/vnd.jupyter.widget-view+json': {...}, 'image/png': 'iVBORw0KGgo...', 'text/plain': '[picture of the widget]'}
+    {'application/vnd.jupyter.widget-view+json': {...}, 'text/markdown': '*Picture of the widget with its sliders at ...', ...}
+    """
+    import base64
+
+    import ipywidgets as w
+    from IPython.display import display
+
+    quick = quick_mode()
+    png, what = widget.picture(quick)
+    if quick and "steps" in getattr(widget, "parts", {}):
+        what += f" (quick mode: {QUICK_STEPS} steps)"
+    caption = f"Picture of {what}. Run this cell in JupyterLab to use the widget."
+    hidden = w.HTML(layout=w.Layout(display="none"))
+    display({WIDGET_VIEW: widget._repr_mimebundle_()[WIDGET_VIEW],
+             "image/png": base64.b64encode(png).decode("ascii"), "text/plain": "[picture of the widget]"}, raw=True)
+    display({WIDGET_VIEW: hidden._repr_mimebundle_()[WIDGET_VIEW],
+             "text/markdown": f"*{caption}*", "text/plain": caption}, raw=True)
+
+
+def _scientific(value: float) -> str:
+    """``1e-3`` for 0.001: the slider's readout, without the exponent's leading zero.
+
+    >>> _scientific(0.003), _scientific(0.0001)
+    ('3e-3', '1e-4')
+    """
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"

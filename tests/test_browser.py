@@ -10,11 +10,18 @@ the number of training steps, presses Train and waits for the fit. It fails if
   is left on the page, ipywidgets shows its error widget, the playground
   (``.flowlib-playground``) never appears, or the widget manager extension is
   missing (then an output shows only the plain-text repr, ``VBox(children=...``);
-* the plot (the ``<img>`` of the ``ipywidgets.Image`` with class
-  ``flowlib-plot``) did not change, by its bytes, after the density changed
-  and again after training;
+* before Run All, the stored notebook does not show the caption of the
+  playground's picture (what `flowlib.playground.show` stores for front ends
+  without widgets) or shows a widget error; after it, the playground's cell
+  shows a picture or that caption beside the live widget;
+* the playground did not open on a trained result (a test NLL), a density
+  change replaced that result, or the plot (the ``<img>`` of the
+  ``ipywidgets.Image`` with class ``flowlib-plot``) did not change, by its
+  bytes, after the next training;
 * the kernel reported an error: a traceback in any output, a cell left
-  unexecuted, or the playground's status line not ending on a test NLL.
+  unexecuted, or the playground's status line not ending on a test NLL
+  (collapsed cells, the exercises' solutions, show neither prompt nor
+  output; the nbval tests run them).
 
 The server gets ``FLOWLIB_QUICK=1`` and its own temporary config, runtime,
 settings, workspace and IPython folders, so nothing is written to the
@@ -35,7 +42,11 @@ without a browser.
 A screenshot of the trained playground goes to ``$FLOWLIB_FIGURES`` when set,
 else to the test's temporary folder, never into the tracked ``figures/``; the
 kernel gets the same ``$FLOWLIB_FIGURES``, so the chapter's own figures do
-not land there either.
+not land there either. The README's picture, ``figures/browser-playground.png``,
+is made only on request, by the same browser code, after a Train with the
+playground's default settings (a fit, not the test's two-step run)::
+
+    python tests/test_browser.py --readme-picture [PATH]
 
 It needs Chromium and its driver from the system packages
 (``/usr/bin/chromium`` and ``/usr/bin/chromedriver``; Debian:
@@ -87,8 +98,11 @@ PAGE_TIMEOUT = 60
 RUN_ALL_TIMEOUT = 300
 WIDGET_TIMEOUT = 60
 TRAIN_TIMEOUT = 120
+README_TRAIN_TIMEOUT = 600  # the playground's default training, on a busy small CPU
 
 PLOT = "img.flowlib-plot, .flowlib-plot img"
+#: Words of the caption that `flowlib.playground.show` puts under a widget's picture for front ends without widgets.
+STATIC_CAPTION = "Run this cell in JupyterLab to use the widget"
 STDERR_MIME = "application/vnd.jupyter.stderr"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -r requirements.txt)")
@@ -339,8 +353,16 @@ return Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-typ
   .map(e => e.textContent.trim()).filter(t => /^[A-Z]\\w*\\((children|value|description|options)=/.test(t));
 """
 
+# The pictures in the outputs of the cell that holds the given element, outside that element.
+_PICTURES_BESIDE_JS = """
+const area = arguments[0].closest('.jp-OutputArea');
+return area ? Array.from(area.querySelectorAll('img')).filter(i => !arguments[0].contains(i)).length : -1;
+"""
+
+# The prompts of the code cells whose input shows; a collapsed cell (an exercise's solution) shows an empty
+# placeholder prompt instead, and nbval runs those cells.
 _PROMPTS_JS = """
-return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
+return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)'))
   .map(e => e.textContent.trim());
 """
 
@@ -390,8 +412,8 @@ def _run_all(driver: Any) -> None:
     item.click()
 
 
-def check_playground_chapter(driver: Any, server: Server, notebook: str, screenshot: Path) -> None:
-    """Open ``notebook`` in JupyterLab at ``server`` (with its token), run it, use the playground; assert it all works."""
+def open_and_run(driver: Any, server: Server, notebook: str) -> Any:
+    """Open ``notebook`` at ``server`` (with its token), Run All, assert it ran and its widgets rendered; the playground."""
     driver.get(server.authorized(f"/lab/tree/{notebook}"))
     _wait(driver, PAGE_TIMEOUT, "the notebook to open", lambda d: d.find_elements(
         By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-CodeCell"))
@@ -399,6 +421,9 @@ def check_playground_chapter(driver: Any, server: Server, notebook: str, screens
     # the file browser off, so the notebook gets the width (and the screenshot shows the book)
     for tab in driver.find_elements(By.CSS_SELECTOR, ".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current"):
         tab.click()
+    # before it runs, the stored notebook (untrusted, without widget state) shows the widgets' pictures and captions
+    _wait(driver, PAGE_TIMEOUT, "the stored playground's caption", lambda d: STATIC_CAPTION in _notebook_text(d))
+    assert "Error displaying widget" not in _notebook_text(driver), "a stored widget output shows an error"
 
     _run_all(driver)
     _wait(driver, 30, "Run All to start (a [*] prompt)",
@@ -425,19 +450,34 @@ def check_playground_chapter(driver: Any, server: Server, notebook: str, screens
     assert "Error displaying widget" not in text, f"a widget failed to render\n{_diagnostics(driver)}"
     assert not driver.find_elements(By.CSS_SELECTOR, ".jupyter-widgets-error-widget"), \
         f"a widget failed to render (ipywidgets' error widget is shown)\n{_diagnostics(driver)}"
+    # live, the cell shows the widget alone: not also the picture and caption that stand in for it elsewhere
+    pictures = driver.execute_script(_PICTURES_BESIDE_JS, playground)
+    assert pictures == 0, f"the playground's cell shows {pictures} pictures beside the widget"
+    assert STATIC_CAPTION not in text, "a widget cell shows its caption although the widget runs"
+    return playground
 
+
+def check_playground_chapter(driver: Any, server: Server, notebook: str, screenshot: Path) -> None:
+    """Open ``notebook`` in JupyterLab at ``server`` (with its token), run it, use the playground; assert it all works."""
+    playground = open_and_run(driver, server, notebook)
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
     first = _wait(driver, WIDGET_TIMEOUT, "the plot image to load", _plot)
     assert first["width"] > 100, f"the plot is {first['width']} px wide"
+    status = playground.find_element(By.CSS_SELECTOR, ".flowlib-status")
+    assert "test NLL" in status.text, f"the playground did not open on a trained result: {status.text!r}"
 
-    # change a control: another toy density redraws the data panel
+    # change a control: another density is for the next Train, and the result stays
     select = Select(playground.find_element(By.CSS_SELECTOR, ".flowlib-density select"))
     current = select.first_selected_option.text
     choice = next(o.text for o in select.options if o.text != current)
     select.select_by_visible_text(choice)
-    redrawn = _wait(driver, WIDGET_TIMEOUT, f"the plot to redraw for density {choice!r}", _plot_changed(first))
+    _wait(driver, WIDGET_TIMEOUT, f"the status to name {choice!r} for the next Train",
+          lambda d: f"fit {choice}" in status.text)
+    kept = _plot(driver)
+    assert kept and kept["sha"] == first["sha"], "a density change replaced the trained picture"
+    assert "test NLL" in status.text
 
-    # a short training run, then the learned density and samples replace the data plot
+    # a short training run on the chosen density replaces the picture
     steps = playground.find_element(By.CSS_SELECTOR, ".flowlib-steps")
     minimum = steps.find_element(By.CSS_SELECTOR, "[aria-valuemin]").get_attribute("aria-valuemin")
     wanted = str(2 * int(float(minimum)))
@@ -446,11 +486,11 @@ def check_playground_chapter(driver: Any, server: Server, notebook: str, screens
         By.CSS_SELECTOR, ".widget-readout").text.strip() == wanted)
     button = playground.find_element(By.CSS_SELECTOR, ".flowlib-train")
     button.click()
-    trained = _wait(driver, TRAIN_TIMEOUT, "training to finish and the plot to redraw", _plot_changed(redrawn))
+    trained = _wait(driver, TRAIN_TIMEOUT, "training to finish and the plot to redraw", _plot_changed(first))
     _wait(driver, 10, "the Train button to be enabled again", lambda d: button.is_enabled())
-    status = playground.find_element(By.CSS_SELECTOR, ".flowlib-status").text
-    assert "error" not in status.lower(), f"training failed: {status}"
-    assert "test NLL" in status, f"training did not report a test NLL: {status!r}"
+    assert "error" not in status.text.lower(), f"training failed: {status.text}"
+    assert status.text.startswith(choice) and "test NLL" in status.text, \
+        f"training did not report a test NLL for {choice}: {status.text!r}"
     assert trained["sha"] != first["sha"]
     errors = driver.execute_script(_ERROR_OUTPUTS_JS)
     assert not errors, "the kernel reported an error:\n" + "\n\n".join(errors)
@@ -458,6 +498,27 @@ def check_playground_chapter(driver: Any, server: Server, notebook: str, screens
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(screenshot)), "could not save the screenshot"
+
+
+def take_readme_picture(driver: Any, server: Server, notebook: str, picture: Path) -> str:
+    """Run ``notebook``, press the playground's Train with its default settings, wait for the fit, save a screenshot.
+
+    Returns the playground's status line (the test NLL of the fit).
+    """
+    playground = open_and_run(driver, server, notebook)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
+    first = _wait(driver, WIDGET_TIMEOUT, "the plot image to load", _plot)
+    button = playground.find_element(By.CSS_SELECTOR, ".flowlib-train")
+    button.click()
+    _wait(driver, README_TRAIN_TIMEOUT, "the default training to finish and the plot to redraw", _plot_changed(first))
+    _wait(driver, 10, "the Train button to be enabled again", lambda d: button.is_enabled())
+    status = playground.find_element(By.CSS_SELECTOR, ".flowlib-status").text
+    assert "test NLL" in status and "error" not in status.lower(), f"the training did not end well: {status!r}"
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", playground)
+    time.sleep(1)  # let the page settle after the scroll
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(picture)), "could not save the screenshot"
+    return status
 
 
 # ----------------------------------------------------------------------------- the test
@@ -492,3 +553,47 @@ def test_playground_in_jupyterlab(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with jupyterlab(root, tmp_path / "state", figures) as server, chromium(tmp_path / "profile") as driver:
         check_requires_token(server)
         check_playground_chapter(driver, server, CHAPTER, figures / SCREENSHOT_NAME)
+
+
+# ----------------------------------------------------------------------------- the README's picture
+
+
+def make_readme_picture(picture: Path) -> str:
+    """Save the README's picture: chapter 2's playground in JupyterLab after Train with its default settings.
+
+    The same browser code as the test; the chapters run from a temporary copy
+    in quick mode (the playground's settings do not depend on it), the chapter's
+    own figures go to a temporary folder, and only ``picture`` is written.
+    Returns the playground's status line.
+    """
+    import tempfile
+
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        raise SystemExit(INSTALL_HINT)
+    os.environ["SE_OFFLINE"] = "true"
+    with tempfile.TemporaryDirectory(prefix="flowlib-readme-") as tmp:
+        tmp_path = Path(tmp)
+        root = tmp_path / "chapters"
+        shutil.copytree(CHAPTERS, root)
+        with jupyterlab(root, tmp_path / "state", tmp_path / "figures") as server, \
+                chromium(tmp_path / "profile") as driver:
+            return take_readme_picture(driver, server, CHAPTER, picture)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/test_browser.py --readme-picture [PATH]``: write the README's picture (default figures/)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--readme-picture", nargs="?", const=str(ROOT / "figures" / SCREENSHOT_NAME), metavar="PATH",
+                        help=f"where to save it (default: figures/{SCREENSHOT_NAME})")
+    args = parser.parse_args(argv)
+    if args.readme_picture is None:
+        parser.error("nothing to do: the tests run under pytest; pass --readme-picture to make the README's picture")
+    status = make_readme_picture(Path(args.readme_picture).resolve())
+    print(f"saved {args.readme_picture}: {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
