@@ -97,20 +97,14 @@ QUICK_STEPS = 60
 def draw_playground(model: FlowModel | None, data: Any, title: str | None = None) -> bytes:
     """The playground's picture as PNG bytes: `~flowlib.plots.plot_density_and_samples` of ``model`` and ``data``.
 
-    With ``model=None`` only the data panel is filled. The layout is computed
-    once more before `~flowlib.plots.figure_png` renders it: after the single
-    ``tight_layout`` of `~flowlib.plots.plot_density_and_samples` the tops of
-    the titles lie outside the figure (its equal-aspect panels end up taller
-    than that layout assumed); a second pass fits them.
+    With ``model=None`` only the data panel is filled.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> import torch
     >>> draw_playground(None, torch.randn(100, 2))[:4]
     b'\\x89PNG'
     """
-    fig = plot_density_and_samples(model, data, title=title)
-    fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(plot_density_and_samples(model, data, title=title))
 
 
 @dataclass

@@ -107,9 +107,11 @@ def plot_density_and_samples(
     """
     import matplotlib.pyplot as plt
 
-    own = axes is None
     if axes is None:
-        fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6))
+        # constrained layout places the titles after the equal-aspect panels have their final size
+        # (a single tight_layout, computed before, leaves the tops of the titles outside the figure)
+        fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)        # inches of white around the panels
     else:
         fig = axes[0].figure
     lo, hi = bounds
@@ -130,8 +132,6 @@ def plot_density_and_samples(
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    if own:
-        fig.tight_layout()
     return fig
 
 

@@ -84,6 +84,19 @@ def test_plot_density_and_samples_draws_what_the_model_gives() -> None:
     plt.close(fig)
 
 
+def test_titles_lie_inside_the_figure() -> None:
+    """Every title's drawn extent, after layout, lies within the figure (none cut off at the top)."""
+    fig = plot_density_and_samples(scaled_normal((0.3, -0.2)), torch.randn(300, 2), n_samples=100, resolution=20,
+                                   title="8gaussians, realnvp")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for ax in fig.axes:
+        extent = ax.title.get_window_extent(renderer)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1 and box.x0 <= extent.x0 and extent.x1 <= box.x1, ax.get_title()
+    plt.close(fig)
+
+
 def test_plot_into_given_axes_and_data_only() -> None:
     fig, axes = plt.subplots(2, 3)
     out = plot_density_and_samples(None, torch.randn(50, 2), axes=axes[1])
