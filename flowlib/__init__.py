@@ -10,6 +10,7 @@ import torch
 
 from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
+from .dequantization import VariationalDequantize
 from .distributions import StandardLogistic, StandardNormal, make_prior
 from .flow import Flow, Sequential, check_shape, value_checks
 from .jacobian import flow_log_abs_det, jacobian, log_abs_det_jacobian
@@ -28,7 +29,7 @@ __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",
     "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MLP", "MultiScale",
     "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation", "SCHEMES",
-    "Sequential", "Squeeze", "StandardLogistic", "StandardNormal", "alternating_mask",
+    "Sequential", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize", "alternating_mask",
     "channel_mask", "check_shape", "checkerboard_mask", "coupling_stack", "device",
     "flow_log_abs_det", "half_mask", "jacobian", "log_abs_det_jacobian", "make_prior", "nice",
     "realnvp", "realnvp_image", "realnvp_image_single_scale", "toy_model", "value_checks",

@@ -37,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast for the nets where the hardware has it (auto, the default), or not")
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in total")
+    p.add_argument("--eval-samples", type=int,
+                   help="importance samples per test image in the final evaluation (default 1: the plain bound)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, max_steps=args.max_steps, device=args.device,
-                  out_dir=args.out)
+                  out_dir=args.out, eval_samples=args.eval_samples)
     try:
         config = make_config(args.model, args.preset, args.dataset,
                              **{k: v for k, v in fields.items() if v is not None})

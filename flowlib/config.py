@@ -49,6 +49,14 @@ class TrainConfig:
     ``"auto"`` (bf16 where the hardware runs it natively), ``"bf16"`` or
     ``"fp32"``; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
     run). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``eval_samples`` is the :math:`K` of the final test evaluation only
+    (`flowlib.fit.log_likelihood_sum`): 1 is the plain dequantization bound,
+    :math:`K > 1` the importance-weighted bound
+    :math:`\\log \\frac1K \\sum_k p(x + u_k) / q(u_k \\mid x)`, tighter and
+    :math:`K` times slower; validation (which picks the best epoch) always
+    uses 1. It is not a resumable field: a finished run's ``results.json``
+    holds the test number of one :math:`K`, and a run is never loaded under
+    another (``-isK`` in the default folder name keeps them apart).
     """
 
     model: str = "nice"
@@ -67,6 +75,7 @@ class TrainConfig:
     train_size: int | None = None
     eval_size: int | None = None
     eval_batch_size: int = 1000
+    eval_samples: int = 1
     seed: int = 0
     out_dir: str = ""
     checkpoint_minutes: float = 5.0
@@ -80,7 +89,7 @@ class TrainConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.model == "glow" and self.dataset != "mnist":
             raise ValueError(f"glow is an image model: dataset must be 'mnist', got {self.dataset!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_samples", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("train_size", "eval_size", "max_steps"):
@@ -125,6 +134,9 @@ class TrainResult:
 
     def summary(self) -> str:
         test = "n/a" if self.test_bpd is None else f"{self.test_bpd:.4f} bits/dim ({self.test_nats:.2f} nats)"
+        samples = self.config.get("eval_samples", 1)
+        if self.test_bpd is not None and samples > 1:
+            test += f", {samples} importance samples"
         best = "n/a" if self.best_valid_bpd is None else f"{self.best_valid_bpd:.4f}"
         return (f"{self.config['model']} {self.config['preset']} on {self.device} ({self.precision}): "
                 f"{self.epochs_done} epochs, {self.steps} steps, {self.wall_seconds / 60:.1f} min; "
@@ -168,6 +180,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("glow", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32",
                             model_kwargs=dict(steps_per_scale=32, hidden_channels=512),
                             checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
+    # About 30 minutes on 2 cores, as the RealNVP cpu preset: 8 steps per scale, 96 hidden channels (276k
+    # parameters, 376 training images/s against RealNVP cpu's 150), 10 epochs, lr on a cosine to 0:
+    # 1.470 test bits/dim in 28.3 min (results/glow-mnist-cpu.json), against RealNVP cpu's 1.538 in 26.5.
+    ("glow", "cpu"): dict(epochs=10, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32", schedule="cosine",
+                          model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
     ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
                             model_kwargs=dict(steps_per_scale=2, hidden_channels=8),
                             train_size=256, eval_size=128, log_every=2, eval_batch_size=128),
@@ -183,7 +200,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
                 "weight_decay": "wd", "clip_grad": "clip", "schedule": "", "precision": "", "model_kwargs": "",
-                "train_size": "train", "eval_size": "eval", "seed": "seed"}
+                "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is"}
 
 
 def make_config(model: str = "nice", preset: str = "cpu", dataset: str = "mnist", **overrides: Any) -> TrainConfig:

@@ -46,6 +46,7 @@ from .masks import alternating_mask, channel_mask, checkerboard_mask
 from .metrics import bits_per_dim
 from .multiscale import MultiScale
 from .conv1x1 import InvertibleConv1x1
+from .dequantization import VariationalDequantize
 from .nets import MLP, GlowConvNet, ResidualConvNet
 from .normalization import ActNorm
 from .permutations import RandomPermutation, ReversePermutation
@@ -55,7 +56,7 @@ from .scaling import DiagonalScaling
 
 __all__ = [
     "FlowModel", "nice", "realnvp", "realnvp_image",
-    "realnvp_image_single_scale", "glow", "toy_model", "GLOW_PERMUTATIONS",
+    "realnvp_image_single_scale", "glow", "toy_model", "GLOW_PERMUTATIONS", "DEQUANTIZATIONS",
 ]
 
 class FlowModel(nn.Module):
@@ -271,9 +272,42 @@ def _check_image_shape(shape: Sequence[int], num_scales: int) -> tuple[int, int,
     return shape  # type: ignore[return-value]
 
 
+#: How the image models turn 8-bit levels into a continuous variable (`_preprocessed`).
+DEQUANTIZATIONS = ("uniform", "variational")
+
+
+def _check_dequantization(dequantization: str, preprocess: bool) -> None:
+    if dequantization not in DEQUANTIZATIONS:
+        raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
+    if not preprocess and dequantization != "uniform":
+        raise ValueError(f"dequantization={dequantization!r} needs preprocess=True (a model of 8-bit images); "
+                         "got preprocess=False")
+
+
+def _preprocessed(body: Flow, shape: tuple[int, int, int], dequantization: str, alpha: float,
+                  preprocess: bool) -> Flow:
+    """``body`` behind a dequantizer and `Logit` (``preprocess``), or alone.
+
+    ``"uniform"`` is `~flowlib.preprocess.Dequantize` (Theis et al. 2016),
+    ``"variational"`` is `~flowlib.dequantization.VariationalDequantize` with
+    its default size (Ho et al. 2019, section 3.1) and a logistic base, so
+    that its untrained noise is exactly uniform: the variational model starts
+    as the uniform one, and training can only move :math:`q` away from it
+    where that tightens the bound (Flow++'s normal base starts about 0.2 nats
+    per dimension below). The dequantizer is built after the body, so a
+    seeded body starts from the same weights with either.
+    """
+    _check_dequantization(dequantization, preprocess)
+    if not preprocess:
+        return body
+    dequantize = Dequantize() if dequantization == "uniform" else VariationalDequantize(shape[0], base="logistic")
+    return Sequential(dequantize, Logit(alpha), body)
+
+
 def realnvp_image(
     shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 3, hidden_channels: int = 64,
     num_blocks: int = 4, alpha: float = 0.05, prior: str = "normal", preprocess: bool = True,
+    dequantization: str = "uniform",
 ) -> FlowModel:
     """Multi-scale RealNVP on ``(C, H, W)`` images.
 
@@ -283,6 +317,9 @@ def realnvp_image(
     coupling (``num_blocks`` blocks of ``hidden_channels``). With
     ``preprocess`` (default) the flow starts with `Dequantize` and `Logit`, so
     ``log_prob`` takes 8-bit images and returns the discrete-data bound in nats.
+    ``dequantization`` picks the noise: ``"uniform"`` (`Dequantize`, the
+    default) or ``"variational"`` (`~flowlib.dequantization.VariationalDequantize`,
+    a learned :math:`q(u \\mid x)`, Flow++ section 3.1; only with ``preprocess``).
     The scales are ``model.multiscale.levels`` and ``model.multiscale.final``.
 
     >>> model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=8, num_blocks=1)
@@ -290,6 +327,7 @@ def realnvp_image(
     (torch.Size([2]), 1)
     """
     shape = _check_image_shape(shape, num_scales)
+    _check_dequantization(dequantization, preprocess)
     c, h, w = shape
     levels: list[Flow] = []
     for _ in range(num_scales - 1):
@@ -299,8 +337,7 @@ def realnvp_image(
         levels.append(Sequential(*before, Squeeze(), *after))
         c = c - c // 2
     final = Sequential(*[_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(4)])
-    body = MultiScale(levels, final, shape)
-    flow = Sequential(Dequantize(), Logit(alpha), body) if preprocess else body
+    flow = _preprocessed(MultiScale(levels, final, shape), shape, dequantization, alpha, preprocess)
     return FlowModel(flow, prior, shape, latent_shape=(math.prod(shape),))
 
 
@@ -346,7 +383,7 @@ def _glow_step(c: int, h: int, w: int, hidden: int, permutation: str, seed: int)
 def glow(
     shape: tuple[int, int, int] = (1, 28, 28), num_scales: int = 2, steps_per_scale: int = 8,
     hidden_channels: int = 128, permutation: str = "conv1x1", alpha: float = 0.05, prior: str = "normal",
-    preprocess: bool = True,
+    preprocess: bool = True, dequantization: str = "uniform",
 ) -> FlowModel:
     """Glow on ``(C, H, W)`` images (Kingma & Dhariwal 2018, section 3 and figure 2).
 
@@ -364,8 +401,10 @@ def glow(
     halves contain. ``permutation`` replaces it by Glow's baselines: a
     fixed ``"reverse"`` of the channels or a fixed random ``"shuffle"``
     (section 5.1). With ``preprocess`` the flow starts with `Dequantize` and
-    `Logit`, so ``log_prob`` takes 8-bit images. ActNorm starts from the
-    first batch (`~flowlib.flow.initialize_from_data`).
+    `Logit`, so ``log_prob`` takes 8-bit images; ``dequantization="variational"``
+    puts `~flowlib.dequantization.VariationalDequantize` in place of `Dequantize`
+    (Flow++'s learned noise, Ho et al. 2019, section 3.1). ActNorm starts
+    from the first batch (`~flowlib.flow.initialize_from_data`).
 
     >>> model = glow((1, 8, 8), num_scales=2, steps_per_scale=2, hidden_channels=8)
     >>> model.log_prob(torch.randint(0, 256, (2, 1, 8, 8))).shape, model.multiscale.latent_shapes
@@ -376,6 +415,7 @@ def glow(
     if steps_per_scale < 1:
         raise ValueError(f"steps_per_scale must be a positive integer, got {steps_per_scale}")
     shape = _check_image_shape(shape, num_scales + 1)
+    _check_dequantization(dequantization, preprocess)
     c, h, w = shape
     scales: list[Flow] = []
     for k in range(num_scales):
@@ -386,5 +426,5 @@ def glow(
         if k < num_scales - 1:
             c = c - c // 2
     body = MultiScale(scales[:-1], scales[-1], shape, final_output_shape=(c, h, w))
-    flow = Sequential(Dequantize(), Logit(alpha), body) if preprocess else body
+    flow = _preprocessed(body, shape, dequantization, alpha, preprocess)
     return FlowModel(flow, prior, shape, latent_shape=(math.prod(shape),))

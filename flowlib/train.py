@@ -3,9 +3,10 @@
 Read it top-down: `train` sets up (device, run folder, data, model,
 optimizer), starts or restores, then alternates `_one_epoch` and
 `_end_of_epoch` until the last epoch, and `_finish` evaluates the best model
-on the test set. One step (`_step`) takes this process's share of the next
-batch of the epoch's order (a function of ``(seed, epoch)`` only), sets the
-learning rate of the schedule and calls `flowlib.fit.train_step`, which
+on the test set (with ``eval_samples`` importance samples per image). One
+step (`_step`) takes this process's share of the next batch of the epoch's
+order (a function of ``(seed, epoch)`` only), sets the learning rate of the
+schedule and calls `flowlib.fit.train_step`, which
 minimises the negative log-likelihood in bits per dimension,
 
 .. math:: \\mathcal L(\\theta) = -\\frac{1}{B}\\sum_{b=1}^{B}
@@ -314,15 +315,19 @@ def _end_of_epoch(run: _Run, progress: bool, on_epoch: Callable[[dict[str, float
         on_epoch(record)
 
 
-def _validate(run: _Run, split: str = "valid") -> float:
-    """Mean bits/dim on a split; between batches a stop signal is honoured (validation reruns on resume)."""
+def _validate(run: _Run, split: str = "valid", samples: int = 1) -> float:
+    """Mean bits/dim on a split; between batches a stop signal is honoured (validation reruns on resume).
+
+    ``samples`` > 1 scores each example by the importance-weighted bound
+    (`flowlib.fit.log_likelihood_sum`); only the final test evaluation uses it.
+    """
     data = run.splits[split][run.rank::run.world]
     total = torch.zeros((), dtype=torch.float64, device=run.device)
     with value_checks(False):
         for i, chunk in enumerate(data.split(run.config.eval_batch_size)):
             if run.world == 1 and run.stop.signal is not None and split == "valid":
                 raise _Stop(by_user=True)
-            total += log_likelihood_sum(run.model, chunk, len(chunk), seed=EVAL_SEED + i)
+            total += log_likelihood_sum(run.model, chunk, len(chunk), seed=EVAL_SEED + i, samples=samples)
     count = torch.tensor(float(data.shape[0]), dtype=torch.float64, device=run.device)
     all_reduce_sum(total)
     all_reduce_sum(count)
@@ -365,7 +370,7 @@ def _finish(run: _Run) -> TrainResult:
         check_best(run.path("best.pt"), st["run_id"])
         best = load_checkpoint(run.path("best.pt"), map_location=run.device)
         run.model.load_state_dict(best["model"])
-        test_bpd = _validate(run, "test")
+        test_bpd = _validate(run, "test", samples=run.config.eval_samples)  # config.eval_samples is in results.json
         test_nats = test_bpd * run.model.num_dims * math.log(2)
     result = TrainResult(
         config=config_dict(run.config), run_id=st["run_id"], epochs_done=st["epoch"], steps=st["steps"],
