@@ -1,6 +1,6 @@
 """Validation bits/dim against wall-clock minutes for the ``cpu`` presets, from their committed results.
 
-Reads ``results/nice-mnist-cpu.json`` and ``results/realnvp-mnist-cpu.json``
+Reads ``results/nice-mnist-cpu.json``, ``results/realnvp-mnist-cpu.json`` and ``results/glow-mnist-cpu.json``
 (the trainer's ``results.json`` of each run, copied there; each history
 entry records the wall-clock seconds at the end of its epoch) and draws one
 curve per model, with the test bits/dim of the best-validation model and
@@ -23,13 +23,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json"}
+RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json",
+        "Glow": ROOT / "results" / "glow-mnist-cpu.json"}
 COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 
 
 def main() -> int:
-    fig, axes = plt.subplots(1, len(RUNS), figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, len(RUNS), figsize=(14, 3.6))
     for ax, (name, path) in zip(axes, RUNS.items()):
         if not path.exists():
             print(f"missing {path}: train it with `python -m flowlib.train {name.lower()} --preset cpu` "
