@@ -24,7 +24,6 @@ CHAPTERS = sorted(p for p in CHAPTERS_DIR.glob("[0-9][0-9]-*.ipynb") if not p.na
 #: Chapters known not to meet a check yet, with why: the check is expected to fail there (strict, so a
 #: chapter that meets it fails the suite until it is taken off this list).
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("every_drawing_cell_stores_its_picture", "03-affine-coupling"): "its playground stores no static picture yet",
 }
 
 
