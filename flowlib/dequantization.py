@@ -64,10 +64,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flow import Flow, check_shape, value_checks_enabled
+from .flow import Flow, check_shape
 from .masks import checkerboard_mask
 from .nets import ResidualConvNet
-from .preprocess import _check_batched
+from .preprocess import _check_batched, check_levels
 
 __all__ = ["ConditionalAffineCoupling", "VariationalDequantize", "BASES"]
 
@@ -273,18 +273,7 @@ class VariationalDequantize(Flow):
         if x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"VariationalDequantize expects images of at least 2 pixels (its couplings use a "
                              f"checkerboard), got shape {tuple(x.shape)}")
-        if value_checks_enabled():
-            top = self.num_levels - 1
-            if x.min() < 0 or x.max() > top:
-                raise ValueError(
-                    f"VariationalDequantize expects {math.log2(self.num_levels):g}-bit data, integers in "
-                    f"[0, {top}]; got values in [{x.min().item():g}, {x.max().item():g}]"
-                )
-            if x.is_floating_point() and not torch.equal(x, torch.floor(x)):
-                raise ValueError(
-                    f"VariationalDequantize expects integer levels in [0, {top}], got non-integer values "
-                    "(is the data already scaled to [0, 1]?)"
-                )
+        check_levels(x, self.num_levels, "VariationalDequantize")
 
     def _uniform_log_det(self, x: Tensor) -> float:
         return x.shape[1:].numel() * math.log(self.num_levels)

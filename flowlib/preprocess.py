@@ -28,7 +28,30 @@ from torch import Tensor
 
 from .flow import Flow, value_checks_enabled
 
-__all__ = ["Dequantize", "Logit"]
+__all__ = ["Dequantize", "Logit", "check_levels"]
+
+
+def check_levels(x: Tensor, num_levels: int, name: str) -> None:
+    """Raise a `ValueError` unless ``x`` holds integer levels in ``[0, num_levels - 1]`` (when value checks run).
+
+    >>> check_levels(torch.tensor([[0.5]]), 256, "Dequantize")
+    Traceback (most recent call last):
+    ...
+    ValueError: Dequantize expects integer levels in [0, 255], got non-integer values (is the data already scaled to [0, 1]?)
+    """
+    if not value_checks_enabled():
+        return
+    top = num_levels - 1
+    if x.numel() and (x.min() < 0 or x.max() > top):
+        raise ValueError(
+            f"{name} expects {math.log2(num_levels):g}-bit data, integers in "
+            f"[0, {top}]; got values in [{x.min().item():g}, {x.max().item():g}]"
+        )
+    if x.is_floating_point() and not torch.equal(x, torch.floor(x)):
+        raise ValueError(
+            f"{name} expects integer levels in [0, {top}], got "
+            "non-integer values (is the data already scaled to [0, 1]?)"
+        )
 
 
 class Dequantize(Flow):
@@ -69,18 +92,7 @@ class Dequantize(Flow):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_batched(x, "Dequantize", nonempty=True)
-        if value_checks_enabled():
-            top = self.num_levels - 1
-            if x.numel() and (x.min() < 0 or x.max() > top):
-                raise ValueError(
-                    f"Dequantize expects {math.log2(self.num_levels):g}-bit data, integers in "
-                    f"[0, {top}]; got values in [{x.min().item():g}, {x.max().item():g}]"
-                )
-            if x.is_floating_point() and not torch.equal(x, torch.floor(x)):
-                raise ValueError(
-                    f"Dequantize expects integer levels in [0, {self.num_levels - 1}], got "
-                    "non-integer values (is the data already scaled to [0, 1]?)"
-                )
+        check_levels(x, self.num_levels, "Dequantize")
         x = x.to(self.dtype_anchor.dtype)
         u = torch.rand_like(x)
         return (x + u) / self.num_levels, self._log_det(x, x.dtype)
