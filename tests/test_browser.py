@@ -359,8 +359,8 @@ const area = arguments[0].closest('.jp-OutputArea');
 return area ? Array.from(area.querySelectorAll('img')).filter(i => !arguments[0].contains(i)).length : -1;
 """
 
-# The prompts of the code cells whose input shows; a collapsed cell (an exercise's solution) shows an empty
-# placeholder prompt instead, and nbval runs those cells.
+# The prompts of the code cells whose input shows. JupyterLab gives a collapsed cell (an exercise's solution)
+# an empty prompt of class jp-Placeholder-prompt instead, so those are left out; nbval still runs them.
 _PROMPTS_JS = """
 return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)'))
   .map(e => e.textContent.trim());

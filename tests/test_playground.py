@@ -77,7 +77,9 @@ def test_train_reports_the_fit_and_evaluation_of_flowlib_fit() -> None:
     assert run.png == png and run.nll == pytest.approx(nll) and run.status == status
 
 
-def test_fit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fit_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The keyword arguments of the playground's last call to `flowlib.fit.fit` (which still runs)."""
     seen: dict = {}
 
     def spy(model, train, **kwargs):
@@ -85,6 +87,11 @@ def test_fit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         return fit(model, train, **kwargs)
 
     monkeypatch.setattr(pg, "fit", spy)
+    return seen
+
+
+def test_fit_settings(fit_kwargs: dict) -> None:
+    seen = fit_kwargs
     box = playground(density="rings", kind="nice", **{**SMALL, "steps": None})
     assert box.parts["steps"].value == DEFAULTS["nice"]["steps"]
     box.parts["steps"].value = 20
@@ -239,14 +246,9 @@ def test_show_gives_the_trained_widget_and_its_picture(monkeypatch: pytest.Monke
     assert "JupyterLab" in text and "quick mode" not in text and second["text/plain"] in text
 
 
-def test_show_in_quick_mode_trains_briefly_and_keeps_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict = {}
-
-    def spy(model, train, **kwargs):
-        seen.update(kwargs)
-        return fit(model, train, **kwargs)
-
-    monkeypatch.setattr(pg, "fit", spy)
+def test_show_in_quick_mode_trains_briefly_and_keeps_the_settings(monkeypatch: pytest.MonkeyPatch,
+                                                                   fit_kwargs: dict) -> None:
+    seen = fit_kwargs
     monkeypatch.setenv("FLOWLIB_QUICK", "1")
     shown = _displayed(monkeypatch)
     box = playground(**{**SMALL, "steps": None, "n_train": 1024})
