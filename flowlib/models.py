@@ -295,9 +295,9 @@ def _preprocessed(body: Flow, shape: tuple[int, int, int], dequantization: str, 
     as the uniform one, and training can only move :math:`q` away from it
     where that tightens the bound (Flow++'s normal base starts about 0.2 nats
     per dimension below). The dequantizer is built after the body, so a
-    seeded body starts from the same weights with either.
+    seeded body starts from the same weights with either. The callers check
+    ``dequantization`` before they build the body (`_check_dequantization`).
     """
-    _check_dequantization(dequantization, preprocess)
     if not preprocess:
         return body
     dequantize = Dequantize() if dequantization == "uniform" else VariationalDequantize(shape[0], base="logistic")
