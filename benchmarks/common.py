@@ -39,7 +39,7 @@ def adam_kwargs(impl: str, library: str) -> dict:
     """The Adam implementation a library's step uses.
 
     ``native`` is each library as its users train it: flowlib with its
-    trainer's optimizer (`flowlib.fit.make_optimizer`, fused Adam), the
+    trainer's optimizer (`flowlib.training.fit.make_optimizer`, fused Adam), the
     peers (which ship no trainer) with torch's default. Any other choice is
     the same implementation for every library.
     """
@@ -144,7 +144,7 @@ def write_results(name: str, data: dict, markdown: str) -> None:
 def load_mnist_images(n: int) -> tuple[torch.Tensor, str]:
     """``n`` MNIST training images (uint8, ``(n, 1, 28, 28)``), or random ones if MNIST is absent."""
     try:
-        from flowlib.data import load_mnist
+        from flowlib.datasets.mnist import load_mnist
 
         images, _ = load_mnist("train", download=False)
         return images[:n], "MNIST train"
@@ -157,7 +157,7 @@ def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: 
               native_precision: str = "auto"):
     """One training step cycling through ``batches``.
 
-    flowlib steps through its own `flowlib.fit.train_step` (the step its
+    flowlib steps through its own `flowlib.training.fit.train_step` (the step its
     trainer and chapters use); with ``impl="native"`` that is its fastest
     setting as its users get it (fused Adam and the precision of its preset,
     ``native_precision``: ``"auto"`` is bf16 autocast for the nets where the
@@ -166,7 +166,7 @@ def make_step(model: torch.nn.Module, loss_fn, batches: list, adam: dict, impl: 
     ``loss_fn(x).backward()`` and a torch Adam step.
     """
     if library == "flowlib":
-        from flowlib.fit import make_optimizer, train_step
+        from flowlib.training.fit import make_optimizer, train_step
 
         if impl == "native":
             opt, precision = make_optimizer(model, **adam), native_precision

@@ -33,7 +33,7 @@ def main() -> int:
     fig, axes = plt.subplots(1, len(RUNS), figsize=(14, 3.6))
     for ax, (name, path) in zip(axes, RUNS.items()):
         if not path.exists():
-            print(f"missing {path}: train it with `python -m flowlib.train {name.lower()} --preset cpu` "
+            print(f"missing {path}: train it with `python -m flowlib.training {name.lower()} --preset cpu` "
                   f"and copy runs/.../results.json there", file=sys.stderr)
             return 1
         run = json.loads(path.read_text())

@@ -7,7 +7,7 @@ coordinates -> 392 shifted ones), each with a ReLU MLP of 5 hidden layers of
 ``z = exp(S) * h``. One training step: ``loss = -mean log p(x)`` on a batch of
 256 dequantized MNIST images in [0, 1), ``backward``, ``Adam.step`` (NICE's
 hyperparameters for all). By default (``--adam native``) each library runs
-as its users get it: flowlib through its own `flowlib.fit.train_step` with its
+as its users get it: flowlib through its own `flowlib.training.fit.train_step` with its
 trainer's optimizer (fused Adam) and its preset's precision (bf16 autocast for
 the nets on CPUs with native bf16, as the ``cpu`` preset trains; fp32
 elsewhere), the peers, which ship no trainer, with torch's default Adam in
@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 import common
-from flowlib.analysis import count_parameters  # noqa: E402
+from flowlib.book.analysis import count_parameters  # noqa: E402
 import flowlib
 
 DIM, HIDDEN, LAYERS, COUPLINGS, BATCH = 784, 1000, 5, 4, 256

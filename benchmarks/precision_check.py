@@ -2,7 +2,7 @@
 
 Each model is built from its ``cpu`` preset with the same seed (so both runs
 start from the same weights and see the same batches), trained with
-`flowlib.fit.fit` for the same number of steps in each precision, and
+`flowlib.training.fit.fit` for the same number of steps in each precision, and
 evaluated in fp32 on the first 5,000 validation digits. The question the
 book's default (``precision="auto"``) rests on: is the bf16 run within
 0.01 bits/dim of the fp32 run?
@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from flowlib.config import build_model, load_dataset, make_config  # noqa: E402
-from flowlib.fit import fit, resolve_precision  # noqa: E402
+from flowlib.training.config import build_model, load_dataset, make_config  # noqa: E402
+from flowlib.training.fit import fit, resolve_precision  # noqa: E402
 
 
 def run(model: str, precision: str, steps: int, n_valid: int, seed: int = 0) -> dict:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 import common
-from flowlib.analysis import count_parameters  # noqa: E402
+from flowlib.book.analysis import count_parameters  # noqa: E402
 import flowlib
 from flowlib.masks import checkerboard_mask
 from nice_training import versions

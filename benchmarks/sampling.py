@@ -21,7 +21,7 @@ import sys
 import torch
 
 import common
-from flowlib.analysis import count_parameters  # noqa: E402
+from flowlib.book.analysis import count_parameters  # noqa: E402
 import flowlib
 import nice_training as nice
 import realnvp_image_training as rnvp

@@ -4,7 +4,7 @@ flowlib.models.realnvp vs zuko's and normflows' RealNVP of the same size:
 8 affine couplings with alternating masks (coordinate 0 conditions first), one
 MLP per coupling from the conditioning coordinate to (scale, shift) of the
 other, 2 hidden ReLU layers of 128 units, standard normal prior. The same
-training data (``flowlib.toy.toy_splits``), the same mini-batch order, the same
+training data (``flowlib.datasets.toy.toy_splits``), the same mini-batch order, the same
 number of Adam steps, learning rate and batch size for every library; the
 score is the mean negative log-likelihood (nats) of an independent test set.
 
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 import common
-from flowlib.analysis import count_parameters  # noqa: E402
+from flowlib.book.analysis import count_parameters  # noqa: E402
 import flowlib
-from flowlib.toy import TOY_DENSITIES, toy_splits
+from flowlib.datasets.toy import TOY_DENSITIES, toy_splits
 from nice_training import versions
 
 LIBS = ("flowlib", "zuko", "normflows")

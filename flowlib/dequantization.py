@@ -1,6 +1,6 @@
 """Variational dequantization: learned noise inside each level's cell (Flow++, section 3.1).
 
-Uniform dequantization (`~flowlib.preprocess.Dequantize`) adds
+Uniform dequantization (`Dequantize`) adds
 :math:`u \\sim U[0, 1)^D` to the 8-bit image :math:`x` and models
 :math:`y = (x + u) / 256`; the log-likelihood it reports is the bound
 :math:`\\log P(x) \\ge \\mathbb E_u[\\log p(y)] - D \\log 256`. The model must
@@ -32,7 +32,7 @@ As a `~flowlib.flow.Flow` layer the log-det of ``forward`` is
 :math:`-D \\log 256 - \\log q(u \\mid x)`, so a model's ``log_prob`` is one
 sample of the bound above and training maximises it jointly in the model and
 in :math:`q`. Importance weighting with several samples
-(`flowlib.fit.evaluate` with ``samples=K``) tightens it towards
+(`flowlib.training.fit.evaluate` with ``samples=K``) tightens it towards
 :math:`\\log P(x)`.
 
 Reference: J. Ho, X. Chen, A. Srinivas, Y. Duan, P. Abbeel, "Flow++:
@@ -64,12 +64,83 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flow import Flow, check_shape
+from .flow import Flow, check_batched, check_shape, value_checks_enabled
 from .masks import checkerboard_mask
 from .nets import ResidualConvNet
-from .preprocess import _check_batched, check_levels
 
-__all__ = ["ConditionalAffineCoupling", "VariationalDequantize", "BASES"]
+__all__ = ["Dequantize", "VariationalDequantize", "ConditionalAffineCoupling", "BASES", "check_levels"]
+
+def check_levels(x: Tensor, num_levels: int, name: str) -> None:
+    """Raise a `ValueError` unless ``x`` holds integer levels in ``[0, num_levels - 1]`` (when value checks run).
+
+    >>> check_levels(torch.tensor([[0.5]]), 256, "Dequantize")
+    Traceback (most recent call last):
+    ...
+    ValueError: Dequantize expects integer levels in [0, 255], got non-integer values (is the data already scaled to [0, 1]?)
+    """
+    if not value_checks_enabled():
+        return
+    top = num_levels - 1
+    if x.numel() and (x.min() < 0 or x.max() > top):
+        raise ValueError(
+            f"{name} expects {math.log2(num_levels):g}-bit data, integers in "
+            f"[0, {top}]; got values in [{x.min().item():g}, {x.max().item():g}]"
+        )
+    if x.is_floating_point() and not torch.equal(x, torch.floor(x)):
+        raise ValueError(
+            f"{name} expects integer levels in [0, {top}], got "
+            "non-integer values (is the data already scaled to [0, 1]?)"
+        )
+
+
+class Dequantize(Flow):
+    """Uniform dequantization of ``num_levels``-level data to ``[0, 1)``.
+
+    :math:`y = (x + u) / L` with :math:`u \\sim U[0, 1)^D` and :math:`L` =
+    ``num_levels``, so :math:`\\log|\\det J| = -D \\log L` for every example,
+    and :math:`\\log P(x) \\ge \\mathbb E_u[\\log p(y)] - D \\log L`.
+
+    ``forward`` takes integer-valued data (uint8, int or float) in
+    ``[0, num_levels - 1]`` with a batch dimension and at least one example;
+    ``inverse`` rounds back down to the levels. The output has the dtype of
+    the model the layer sits in (it follows ``.to(torch.float64)``,
+    ``.double()``, ...), whatever the dtype of the data, so a float64 model
+    takes uint8 images directly.
+
+    Reference: L. Theis, A. van den Oord, M. Bethge, "A note on the evaluation
+    of generative models", ICLR 2016, arXiv:1511.01844
+    (https://arxiv.org/abs/1511.01844).
+
+    >>> y, log_det = Dequantize()(torch.tensor([[0, 255]], dtype=torch.uint8))
+    >>> bool(((y >= 0) & (y < 1)).all()), round(log_det.item(), 4)
+    (True, -11.0904)
+    """
+
+    def __init__(self, num_levels: int = 256) -> None:
+        super().__init__()
+        if num_levels < 2:
+            raise ValueError(f"num_levels must be at least 2, got {num_levels}")
+        self.num_levels = num_levels
+        # Zero-size and not saved: it only carries the model's dtype (and device) through .to().
+        self.register_buffer("dtype_anchor", torch.empty(0), persistent=False)
+
+    def _log_det(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """:math:`-D \\log L` for each of the ``B`` examples of ``x``."""
+        dims = x.shape[1:].numel()
+        return torch.full((x.shape[0],), -dims * math.log(self.num_levels), dtype=dtype, device=x.device)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_batched(x, "Dequantize", nonempty=True)
+        check_levels(x, self.num_levels, "Dequantize")
+        x = x.to(self.dtype_anchor.dtype)
+        u = torch.rand_like(x)
+        return (x + u) / self.num_levels, self._log_det(x, x.dtype)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        check_batched(z, "Dequantize", nonempty=True)
+        x = torch.floor(z * self.num_levels).clamp(0, self.num_levels - 1)
+        return x, -self._log_det(z, x.dtype)
+
 
 #: The base densities of the noise flow: Flow++'s standard normal, or the standard logistic.
 BASES = ("normal", "logistic")
@@ -180,7 +251,7 @@ class VariationalDequantize(Flow):
     entropy is about 0.2 nats per dimension below the uniform's 0). With
     affine couplings :math:`h` keeps Gaussian tails, so no :math:`q` of this
     family is exactly uniform, and the importance weights
-    :math:`p/q` of `flowlib.fit.evaluate` have an infinite second moment
+    :math:`p/q` of `flowlib.training.fit.evaluate` have an infinite second moment
     (reached only by very rare draws far in the tails). ``base="logistic"``
     draws :math:`\\varepsilon` from the standard logistic instead
     (:math:`\\log p(\\varepsilon) = \\sum_d \\log\\sigma'(\\varepsilon_d)`):
@@ -268,7 +339,7 @@ class VariationalDequantize(Flow):
         return self._log_base(eps) + log_det - _log_sigmoid_derivative(h)
 
     def _check_levels(self, x: Tensor) -> None:
-        _check_batched(x, "VariationalDequantize", nonempty=True)
+        check_batched(x, "VariationalDequantize", nonempty=True)
         check_shape(x, (self.channels, None, None), "VariationalDequantize")
         if x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"VariationalDequantize expects images of at least 2 pixels (its couplings use a "
@@ -288,7 +359,7 @@ class VariationalDequantize(Flow):
         return y, -self._uniform_log_det(x) - log_q
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        _check_batched(z, "VariationalDequantize", nonempty=True)
+        check_batched(z, "VariationalDequantize", nonempty=True)
         check_shape(z, (self.channels, None, None), "VariationalDequantize.inverse")
         scaled = z * self.num_levels
         x = torch.floor(scaled).clamp(0, self.num_levels - 1)

@@ -70,7 +70,7 @@ def initialize_from_data(model: nn.Module, x: Tensor) -> list[str]:
     initialised ones. A layer whose ``initialized`` flag is already set is
     left alone; the flag is saved in the ``state_dict``, so a resumed run or
     a second call changes nothing. Returns the names of the layers it set.
-    The trainer and `~flowlib.fit.fit` call it once on the first batch,
+    The trainer and `~flowlib.training.fit.fit` call it once on the first batch,
     before any step.
 
     >>> from flowlib.normalization import ActNorm
@@ -120,6 +120,17 @@ def check_shape(x: Tensor, event_shape: Sequence[int | None], name: str) -> None
 def _check_batched(x: Tensor, name: str) -> None:
     if x.dim() == 0:
         raise ValueError(f"{name} expects a batch of shape (B, ...), got a 0-d tensor")
+
+
+def check_batched(x: Tensor, name: str, nonempty: bool = False) -> None:
+    """Raise a ValueError unless ``x`` is ``(B, *event_shape)`` (with ``B >= 1`` if ``nonempty``)."""
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects input of shape (B, *event_shape), got {tuple(x.shape)}")
+    if nonempty and x.shape[0] == 0:
+        raise ValueError(
+            f"{name} expects a batch of at least one example, shape (B, *event_shape) with B >= 1; "
+            f"got an empty batch of shape {tuple(x.shape)}"
+        )
 
 
 class Flow(nn.Module, metaclass=ABCMeta):

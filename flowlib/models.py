@@ -46,11 +46,11 @@ from .masks import alternating_mask, channel_mask, checkerboard_mask
 from .metrics import bits_per_dim
 from .multiscale import MultiScale
 from .conv1x1 import InvertibleConv1x1
-from .dequantization import VariationalDequantize
+from .dequantization import Dequantize, VariationalDequantize
 from .nets import MLP, GlowConvNet, ResidualConvNet
 from .normalization import ActNorm
 from .permutations import RandomPermutation, ReversePermutation
-from .preprocess import Dequantize, Logit
+from .logit import Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
 
@@ -233,7 +233,7 @@ def toy_model(
     The weights are drawn inside ``torch.random.fork_rng``, so the global
     random state is the same before and after.
 
-    >>> from flowlib.analysis import count_parameters
+    >>> from flowlib.book.analysis import count_parameters
     >>> count_parameters(toy_model("nice", 4, 16)), count_parameters(toy_model("realnvp", 4, 16))
     (1286, 1356)
     """
@@ -288,7 +288,7 @@ def _preprocessed(body: Flow, shape: tuple[int, int, int], dequantization: str, 
                   preprocess: bool) -> Flow:
     """``body`` behind a dequantizer and `Logit` (``preprocess``), or alone.
 
-    ``"uniform"`` is `~flowlib.preprocess.Dequantize` (Theis et al. 2016),
+    ``"uniform"`` is `~flowlib.dequantization.Dequantize` (Theis et al. 2016),
     ``"variational"`` is `~flowlib.dequantization.VariationalDequantize` with
     its default size (Ho et al. 2019, section 3.1) and a logistic base, so
     that its untrained noise is exactly uniform: the variational model starts

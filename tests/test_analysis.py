@@ -1,4 +1,4 @@
-"""flowlib.analysis: dependency patterns against known Jacobians, mixing depths, parameter and MAC counts."""
+"""flowlib.book.analysis: dependency patterns against known Jacobians, mixing depths, parameter and MAC counts."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from flowlib.analysis import (count_macs, count_parameters, dependency, dependency_after, mixing_depth,
+from flowlib.book.analysis import (count_macs, count_parameters, dependency, dependency_after, mixing_depth,
                               width_for_params)
 from flowlib.conv1x1 import InvertibleConv1x1
 from flowlib.flow import Sequential
 from flowlib.jacobian import flow_log_abs_det
 from flowlib.models import realnvp_image
-from flowlib.shuffling import SCHEMES, coupling_stack
+from flowlib.book.shuffling import SCHEMES, coupling_stack
 
 
 # ----------------------------------------------------------------------------- dependency

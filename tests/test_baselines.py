@@ -1,4 +1,4 @@
-"""Tests of flowlib.baselines: the ML Gaussian against its closed form, the true toy densities against samples."""
+"""Tests of flowlib.book.baselines: the ML Gaussian against its closed form, the true toy densities against samples."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from flowlib.baselines import TRUE_DENSITIES, gaussian_fit, gaussian_nll, true_log_density, true_nll
-from flowlib.toy import sample_toy
+from flowlib.book.baselines import TRUE_DENSITIES, gaussian_fit, gaussian_nll, true_log_density, true_nll
+from flowlib.datasets.toy import sample_toy
 
 
 def test_gaussian_fit_is_sample_mean_and_biased_covariance():
@@ -62,7 +62,7 @@ def test_true_density_integrates_to_one(name):
 
 @pytest.mark.parametrize("name", TRUE_DENSITIES)
 def test_true_density_matches_samples(name):
-    """The probability of each cell of a coarse grid, by the density and by 200,000 samples of flowlib.toy."""
+    """The probability of each cell of a coarse grid, by the density and by 200,000 samples of flowlib.datasets.toy."""
     x = sample_toy(name, 100_000, seed=5, dtype=torch.float64)
     edges = torch.linspace(-4.5, 4.5, 10, dtype=torch.float64)          # 9 x 9 cells of width 1
     cell = torch.bucketize(x, edges) - 1

@@ -77,7 +77,7 @@ def test_every_drawing_cell_stores_its_picture(path: Path) -> None:
 @pytest.mark.parametrize("path", _chapters("stored_from_a_full_run"))
 def test_stored_from_a_full_run(path: Path) -> None:
     modes = re.findall(r"mode: (\w+)", "".join(_text(c) for c in _cells(path) if c["cell_type"] == "code"))
-    assert modes, f"{path.name}: no cell prints flowlib.book.run_info()"
+    assert modes, f"{path.name}: no cell prints flowlib.book.chapter.run_info()"
     assert set(modes) == {"full"}, f"{path.name} was stored from a {modes} run; store it from a full run"
 
 

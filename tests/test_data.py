@@ -1,5 +1,5 @@
-"""Tests of flowlib.data (verified MNIST loading, in-memory mini-batches) and of
-flowlib.download (capped, deadlined, verified downloads), through load_mnist."""
+"""Tests of flowlib.datasets.mnist (verified MNIST loading, in-memory mini-batches) and of
+flowlib.datasets.download (capped, deadlined, verified downloads), through load_mnist."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import flowlib.data as data
-import flowlib.download as download
-from flowlib.data import MNIST_FILES, batches, data_root, load_mnist, mnist_splits
+import flowlib.datasets.mnist as data
+import flowlib.datasets.download as download
+from flowlib.datasets.mnist import MNIST_FILES, data_root, load_mnist, mnist_splits
+from flowlib.files import workspace
+from flowlib.training.fit import batches
 
 # The verified copy: $FLOWLIB_DATA when set (CI sets it), else ../shared/data beside the repository.
 SHARED = Path(os.environ.get("FLOWLIB_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -79,7 +81,7 @@ def test_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOWLIB_DATA", str(tmp_path / "x"))
     assert data_root() == tmp_path / "x"
     monkeypatch.delenv("FLOWLIB_DATA", raising=False)
-    repo = Path(data.__file__).resolve().parent.parent
+    repo = workspace()
 
     def holds_mnist(root: Path) -> bool:
         return all((root / "MNIST" / "raw" / f).is_file() for fs in MNIST_FILES.values() for f in fs)
@@ -250,13 +252,13 @@ def test_empty_repo_folder_does_not_shadow_the_shared_copy(tmp_path, monkeypatch
     repo, shared = tmp_path / "repo", tmp_path / "shared" / "data"
     (repo / "data" / "MNIST" / "raw").mkdir(parents=True)
     _raw_folder_with(shared)
-    monkeypatch.setattr(data, "_REPO", repo)
+    monkeypatch.setenv("FLOWLIB_HOME", str(repo))
     assert data_root() == shared
     # A repository folder that really holds the files still comes first on a tie ...
     _raw_folder_with(repo / "data")
     assert data_root() == repo / "data"
     # ... and neither existing means <repo>/data, where downloads go.
-    monkeypatch.setattr(data, "_REPO", tmp_path / "elsewhere" / "repo")
+    monkeypatch.setenv("FLOWLIB_HOME", str(tmp_path / "elsewhere" / "repo"))
     assert data_root() == tmp_path / "elsewhere" / "repo" / "data"
 
 
@@ -264,7 +266,7 @@ def test_failed_download_creates_no_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOWLIB_DATA", raising=False)
     repo = tmp_path / "repo"
     repo.mkdir()
-    monkeypatch.setattr(data, "_REPO", repo)
+    monkeypatch.setenv("FLOWLIB_HOME", str(repo))
     monkeypatch.setattr(download, "MNIST_MIRRORS", ((tmp_path / "nowhere").as_uri() + "/",))
     with pytest.raises(FileNotFoundError, match="Downloading them failed"):
         load_mnist("test")

@@ -1,4 +1,4 @@
-"""flowlib.diagnostics against closed forms: prior moments and quantiles, tempered densities, the AUROC."""
+"""flowlib.book.diagnostics against closed forms: prior moments and quantiles, tempered densities, the AUROC."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flowlib.diagnostics import auroc, encode, latent_moments, prior_quantile, qq_points, tempered_log_prob
+from flowlib.book.diagnostics import auroc, encode, latent_moments, prior_quantile, qq_points, tempered_log_prob
 from flowlib.distributions import Prior, StandardLogistic, StandardNormal
 from flowlib.models import FlowModel, toy_model
 from flowlib.scaling import DiagonalScaling

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowlib import Dequantize, FlowModel, Sequential
-from flowlib.fit import evaluate, fit, learning_rate
+from flowlib.training.fit import evaluate, fit, learning_rate
 from flowlib.models import realnvp
 from flowlib.scaling import DiagonalScaling
 

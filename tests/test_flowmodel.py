@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowlib.analysis import count_macs, count_parameters
+from flowlib.book.analysis import count_macs, count_parameters
 from flowlib.coupling import AffineCoupling
 from flowlib.distributions import StandardLogistic, StandardNormal
 from flowlib.flow import Sequential, value_checks
@@ -15,7 +15,7 @@ from flowlib.models import (FlowModel, nice, realnvp, realnvp_image, realnvp_ima
                             toy_model)
 from flowlib.multiscale import MultiScale
 from flowlib.scaling import DiagonalScaling
-from flowlib.warp import Warp2D
+from flowlib.book.warp import Warp2D
 
 
 # ----------------------------------------------------------------------------- device and dtype

@@ -1,4 +1,4 @@
-"""The widgets of chapters 1-3: what they show is what flowlib.fit, flowlib.plots and flowlib.warp compute."""
+"""The widgets of chapters 1-3: what they show is what flowlib.training.fit, flowlib.book.plots and flowlib.book.warp compute."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ matplotlib.use("Agg")
 
 import pytest
 
-import flowlib.playground as pg
-from flowlib.analysis import count_parameters
-from flowlib.baselines import true_nll
-from flowlib.fit import evaluate, fit
+import flowlib.book.playground as pg
+from flowlib.book.analysis import count_parameters
+from flowlib.book.baselines import true_nll
+from flowlib.training.fit import evaluate, fit
 from flowlib.models import toy_model
-from flowlib.playground import (DEFAULT_LR, DEFAULTS, PLAYGROUND_CLASSES, QUICK_STEPS, WIDGET_VIEW, draw_playground,
+from flowlib.book.playground import (DEFAULT_LR, DEFAULTS, PLAYGROUND_CLASSES, QUICK_STEPS, WIDGET_VIEW, draw_playground,
                                 playground, show, train_playground, transform_playground)
-from flowlib.plots import figure_png
-from flowlib.toy import toy_splits
-from flowlib.warp import plot_warp
+from flowlib.book.plots import figure_png
+from flowlib.datasets.toy import toy_splits
+from flowlib.book.warp import plot_warp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = dict(num_couplings=2, hidden=8, steps=20, n_train=256, n_test=128, batch_size=64)
@@ -39,7 +39,7 @@ def _data_png(name: str) -> bytes:
 
 
 def test_playground_imports_neither_the_trainer_nor_widgets_eagerly() -> None:
-    code = "import sys, flowlib.playground; print(sorted(m for m in ('flowlib.train', 'ipywidgets', 'matplotlib.pyplot') if m in sys.modules))"
+    code = "import sys, flowlib.book.playground; print(sorted(m for m in ('flowlib.training.train', 'ipywidgets', 'matplotlib.pyplot') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -53,7 +53,7 @@ def test_widget_parts_and_classes() -> None:
     assert parts["train"].description == "Train"
     assert [parts[k].description for k in ("density", "model", "couplings", "hidden", "steps", "lr")] == \
         ["density", "model", "couplings", "hidden", "steps", "lr"]
-    # before training: the data of the chosen density, drawn by flowlib.plots
+    # before training: the data of the chosen density, drawn by flowlib.book.plots
     assert bytes(parts["plot"].value) == _data_png("8gaussians")
 
 
@@ -79,7 +79,7 @@ def test_train_reports_the_fit_and_evaluation_of_flowlib_fit() -> None:
 
 @pytest.fixture
 def fit_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The keyword arguments of the playground's last call to `flowlib.fit.fit` (which still runs)."""
+    """The keyword arguments of the playground's last call to `flowlib.training.fit.fit` (which still runs)."""
     seen: dict = {}
 
     def spy(model, train, **kwargs):
@@ -273,7 +273,7 @@ def test_show_transform_playground_picture(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_default_realnvp_training_fits_8gaussians() -> None:
     """RealNVP's defaults come within 0.15 nats of the true NLL of 8gaussians on the playground's test set.
 
-    Measured: 0.094 nats above it (test NLL 2.928 against 2.835, `flowlib.baselines.true_nll`);
+    Measured: 0.094 nats above it (test NLL 2.928 against 2.835, `flowlib.book.baselines.true_nll`);
     the earlier defaults (6 couplings, 1000 steps) stopped 0.165 above. About 20 s on one core.
     """
     d = DEFAULTS["realnvp"]

@@ -1,4 +1,4 @@
-"""flowlib.plots: the density grid against closed forms, grid lines, the three-panel picture, PNG bytes."""
+"""flowlib.book.plots: the density grid against closed forms, grid lines, the three-panel picture, PNG bytes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from flowlib.flow import Sequential
 from flowlib.models import FlowModel, toy_model
-from flowlib.plots import density_grid, figure_png, grid_lines, plot_density_and_samples
+from flowlib.book.plots import density_grid, figure_png, grid_lines, plot_density_and_samples
 from flowlib.scaling import DiagonalScaling
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -120,13 +120,14 @@ def test_figure_png_has_the_figure_size() -> None:
 
 
 def test_quick_runs_never_write_into_figures(monkeypatch, tmp_path):
-    from flowlib import book
+    from flowlib.book import chapter as book
+    from flowlib.files import figures_dir
 
     monkeypatch.delenv("FLOWLIB_FIGURES", raising=False)
     monkeypatch.setenv("FLOWLIB_QUICK", "1")
-    assert book.figure_path("x.png").parent != book.ROOT / "figures"
+    assert book.figure_path("x.png").parent != figures_dir()
     monkeypatch.setenv("FLOWLIB_FIGURES", str(tmp_path))
     assert book.figure_path("x.png") == tmp_path / "x.png"
     monkeypatch.delenv("FLOWLIB_FIGURES")
     monkeypatch.setenv("FLOWLIB_QUICK", "0")
-    assert book.figure_path("x.png").parent == book.ROOT / "figures"
+    assert book.figure_path("x.png").parent == figures_dir()

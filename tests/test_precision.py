@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowlib import nice, realnvp_image
-from flowlib.fit import autocast, resolve_precision, train_step, make_optimizer
+from flowlib.training.fit import autocast, resolve_precision, train_step, make_optimizer
 
 
 def models():

@@ -1,4 +1,4 @@
-"""`flowlib.rescore`: a finished run scored again with K dequantization samples per test image."""
+"""`flowlib.training.rescore`: a finished run scored again with K dequantization samples per test image."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import flowlib.config as Cfg
-import flowlib.train as T
-from flowlib.rescore import main, rescore
+import flowlib.training.config as Cfg
+import flowlib.training.train as T
+from flowlib.training.rescore import main, rescore
 
 
 @pytest.fixture(scope="module")

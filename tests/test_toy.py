@@ -1,4 +1,4 @@
-"""Tests of flowlib.toy: the 2D toy densities."""
+"""Tests of flowlib.datasets.toy: the 2D toy densities."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flowlib.toy import TOY_DENSITIES, sample_toy, toy_splits
+from flowlib.datasets.toy import TOY_DENSITIES, sample_toy, toy_splits
 
 
 def test_names():

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowlib import checkpoint as C
-from flowlib import fit as F
-from flowlib import config as Cfg
-from flowlib import runs as R
-from flowlib import train as T
-from flowlib.data import data_root, mnist_dir
+from flowlib.training import checkpoint as C
+from flowlib.training import fit as F
+from flowlib.training import config as Cfg
+from flowlib.training import runs as R
+from flowlib.training import train as T
+from flowlib.datasets.mnist import data_root, mnist_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_MNIST = (mnist_dir(data_root()) / "train-images-idx3-ubyte.gz").exists()
@@ -141,8 +141,8 @@ def test_signal_anywhere_then_resume_is_bit_identical(tmp_path, monkeypatch, whe
 
 @needs_mnist
 def test_real_ctrl_c_on_the_command_line_then_resume(tmp_path):
-    """SIGINT to a running `python -m flowlib.train` at an arbitrary moment, then --resume: the same run."""
-    common = [sys.executable, "-m", "flowlib.train", "realnvp", "--preset", "quick", "--epochs", "40",
+    """SIGINT to a running `python -m flowlib.training` at an arbitrary moment, then --resume: the same run."""
+    common = [sys.executable, "-m", "flowlib.training", "realnvp", "--preset", "quick", "--epochs", "40",
               "--max-steps", "60", "--no-progress", "--precision", "fp32"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(common + ["--out", str(tmp_path / "full")], capture_output=True, text=True, cwd=ROOT,
@@ -302,7 +302,7 @@ def test_bad_settings_are_clear_value_errors(tmp_path, field, value, message):
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = subprocess.run([sys.executable, "-m", "flowlib.train", "nice", "--dataset", "rings", "--preset", "quick",
+    proc = subprocess.run([sys.executable, "-m", "flowlib.training", "nice", "--dataset", "rings", "--preset", "quick",
                            "--device", "cuda", "--out", str(tmp_path / "x")], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
@@ -361,7 +361,7 @@ def test_mnist_quick_preset_trains(tmp_path, model):
 def test_cli_runs_and_reports(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "flowlib.train", "nice", "--dataset", "rings", "--preset", "quick",
+        [sys.executable, "-m", "flowlib.training", "nice", "--dataset", "rings", "--preset", "quick",
          "--out", str(out), "--no-progress", "--epochs", "1"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -373,12 +373,12 @@ def test_data_parallel_matches_single_process(tmp_path):
     common = ["realnvp", "--dataset", "two_moons", "--preset", "quick", "--no-progress", "--device", "cpu",
               "--epochs", "1", "--batch-size", "64", "--precision", "fp32"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    single = subprocess.run([sys.executable, "-m", "flowlib.train", *common, "--out", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "flowlib.training", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "flowlib.train", *common, "--out", str(tmp_path / "two")],
+         "-m", "flowlib.training", *common, "--out", str(tmp_path / "two")],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flowlib.jacobian import flow_log_abs_det, jacobian
-from flowlib.warp import Warp2D, plot_warp, warp_density_and_samples
+from flowlib.book.warp import Warp2D, plot_warp, warp_density_and_samples
 
 
 @pytest.mark.parametrize("tails", [0.0, 0.8])

@@ -1,6 +1,6 @@
 """Downloading files safely: capped, deadlined, verified in memory, then placed atomically.
 
-:func:`fetch_missing` is how :mod:`flowlib.data` gets missing MNIST files;
+:func:`fetch_missing` is how :mod:`flowlib.datasets.mnist` gets missing MNIST files;
 the pieces it is built from are usable on their own.
 
 Size cap
@@ -50,7 +50,9 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
-__all__ = ["MNIST_MIRRORS", "download_verified", "fetch", "fetch_missing", "gunzip", "write_atomically"]
+from ..files import write_atomically
+
+__all__ = ["MNIST_MIRRORS", "download_verified", "fetch", "fetch_missing", "gunzip"]
 
 #: Base URLs tried in order when a file is missing.
 MNIST_MIRRORS: tuple[str, ...] = (
@@ -126,43 +128,6 @@ def fetch(url: str) -> bytes:
                     f"({len(body):,} bytes received); stopped"
                 )
     return bytes(body)
-
-
-def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``dest`` by calling ``write`` on a temporary file, then renaming it into place.
-
-    ``dest`` is either absent or complete, never half written. Its missing
-    folders are created now and removed again (with the temporary file) if
-    anything fails, so a failure leaves nothing behind.
-
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     dest = Path(d, "new", "note.txt")
-    ...     write_atomically(dest, lambda f: f.write(b"flow"))
-    ...     [p.name for p in dest.parent.iterdir()], dest.read_bytes()
-    (['note.txt'], b'flow')
-    """
-    created = []  # dest's missing folders, deepest first
-    folder = dest.parent
-    while not folder.exists() and folder != folder.parent:
-        created.append(folder)
-        folder = folder.parent
-    tmp: Path | None = None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, dest)
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        for d in created:  # remove them while empty; stop at the first that is not
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def download_verified(

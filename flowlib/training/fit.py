@@ -9,7 +9,7 @@ in nats per example (``unit="nats"``, the 2D toys) or divided by
 :math:`D \\ln 2` in bits per dimension (``unit="bpd"``, images; see
 `flowlib.metrics`). Everything that trains in the book goes through
 `train_step`: `fit` (chapters, playground), the command-line trainer
-`flowlib.train` and the benchmarks.
+`flowlib.training.train` and the benchmarks.
 
 Precision: with ``precision="bf16"`` the step runs under
 ``torch.autocast(dtype=torch.bfloat16)``, which runs matrix multiplies and
@@ -38,12 +38,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .data import batches
-from .flow import initialize_from_data, value_checks
-from .metrics import bits_per_dim
+from ..flow import initialize_from_data, value_checks
+from ..metrics import bits_per_dim
 
 __all__ = [
-    "PRECISIONS", "SCHEDULES", "UNITS", "resolve_precision", "autocast", "model_device", "loss_scale",
+    "PRECISIONS", "SCHEDULES", "UNITS", "batches", "resolve_precision", "autocast", "model_device", "loss_scale",
     "make_optimizer", "learning_rate", "train_step", "FitResult", "fit", "Evaluation", "log_likelihood_sum",
     "evaluate",
 ]
@@ -187,6 +186,35 @@ class FitResult:
     unit: str = "bpd"
 
 
+def batches(x: Tensor, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
+            drop_last: bool = False) -> Iterator[Tensor]:
+    """Yield mini-batches of ``x`` along its first dimension (one epoch).
+
+    With ``shuffle=True`` the order is a ``torch.randperm`` drawn from
+    ``generator`` (the global RNG when ``None``), so a seeded generator gives
+    the same batches every time, and successive epochs with the same
+    generator object differ. Every index appears exactly once per epoch
+    (minus the short last batch when ``drop_last=True``). Indexing happens on
+    ``x``'s device; the permutation is drawn on the CPU.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> [b.tolist() for b in batches(torch.arange(5), 2, shuffle=False, drop_last=True)]
+        [[0, 1], [2, 3]]
+        >>> sum(len(b) for b in batches(torch.arange(10), 3, generator=g))
+        10
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if x.dim() == 0:
+        raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    spans = (slice(start, min(start + batch_size, stop)) for start in range(0, stop, batch_size))
+    return (x[s] if order is None else x[order[s]] for s in spans)
+
+
 def _batches_forever(data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     while True:
         yield from batches(data, batch_size, generator=generator, drop_last=True)
@@ -201,7 +229,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` by maximum likelihood with Adam for ``steps`` mini-batches.
 
-    Batches come from `~flowlib.data.batches` (reshuffled every epoch by a
+    Batches come from `batches` (reshuffled every epoch by a
     generator seeded with ``seed``) and move to the model's device, so the
     data may stay on the CPU. Before the first step, layers that start from
     the data do so (`~flowlib.flow.initialize_from_data`); value checks run

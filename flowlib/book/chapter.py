@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import figures_dir
+
 __all__ = ["quick_mode", "seed_everything", "figure_path", "run_info", "Timer", "image_grid"]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def quick_mode() -> bool:
@@ -50,7 +51,7 @@ def figure_path(name: str) -> Path:
     elif quick_mode():
         folder = Path(tempfile.gettempdir()) / "flowlib-figures-quick"
     else:
-        folder = ROOT / "figures"
+        folder = figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 

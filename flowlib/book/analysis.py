@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .conv1x1 import InvertibleConv1x1
-from .flow import Flow, Sequential
-from .jacobian import jacobian
+from ..conv1x1 import InvertibleConv1x1
+from ..flow import Flow, Sequential
+from ..jacobian import jacobian
 
 __all__ = [
     "count_macs", "count_parameters", "dependency", "dependency_after", "mixing_depth",

@@ -1,16 +1,16 @@
-"""The widgets of chapters 1-3: controls wired to `flowlib.fit` and `flowlib.plots`.
+"""The widgets of chapters 1-3: controls wired to `flowlib.training.fit` and `flowlib.book.plots`.
 
 `playground` fits a small flow to a 2D toy density by maximum likelihood,
 minimising the mean negative log-likelihood in nats,
 
 .. math:: \\mathcal L = -\\frac1B \\sum_b \\Big[\\log p_Z(f(x_b)) + \\log\\Big|\\det \\frac{\\partial f}{\\partial x}(x_b)\\Big|\\Big],
 
-with Adam and a cosine learning-rate decay (`flowlib.fit.fit`), then reports
-the test NLL (`flowlib.fit.evaluate`) and draws data | learned density |
-samples (`flowlib.plots.plot_density_and_samples`); `train_playground` is
+with Adam and a cosine learning-rate decay (`flowlib.training.fit.fit`), then reports
+the test NLL (`flowlib.training.fit.evaluate`) and draws data | learned density |
+samples (`flowlib.book.plots.plot_density_and_samples`); `train_playground` is
 that Train button without the widget. `transform_playground` draws chapter
 1's warp, :math:`p_X(x) = p_Z(f(x))\\,|\\det \\partial f/\\partial x|`, for
-slider values (`flowlib.warp.plot_warp`).
+slider values (`flowlib.book.warp.plot_warp`).
 
 `show` is how a chapter shows a widget: each of its outputs carries the live
 widget and, for front ends that cannot run it (a stored notebook on GitHub,
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .analysis import count_parameters
-from .book import quick_mode
-from .fit import evaluate, fit
-from .models import FlowModel, toy_model
+from .chapter import quick_mode
+from ..training.fit import evaluate, fit
+from ..models import FlowModel, toy_model
 from .plots import figure_png, plot_density_and_samples
-from .toy import TOY_DENSITIES, toy_splits
+from ..datasets.toy import TOY_DENSITIES, toy_splits
 from .warp import plot_warp
 
 __all__ = [
@@ -63,7 +63,7 @@ PLAYGROUND_CLASSES: dict[str, str] = {
 #: on one CPU core. Chosen by measuring, on all six toy densities, the test NLL
 #: minus the density's true NLL on the same 5000 test points (its log-density
 #: by numerical integrals of the generating process; the same numbers as
-#: `flowlib.baselines.true_nll` for the four it covers), and comparing with a
+#: `flowlib.book.baselines.true_nll` for the four it covers), and comparing with a
 #: run of about three times the work (16 couplings, 6000 steps). In nats, for two_moons,
 #: 8gaussians, checkerboard, pinwheel, 2spirals, rings (the long run in brackets):
 #:
@@ -89,13 +89,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: The default learning rate of each model kind (``DEFAULTS[kind]["lr"]``).
 DEFAULT_LR: dict[str, float] = {kind: float(d["lr"]) for kind, d in DEFAULTS.items()}
 
-#: Training steps of `show`'s picture of the playground in quick mode (`flowlib.book.quick_mode`).
+#: Training steps of `show`'s picture of the playground in quick mode (`flowlib.book.chapter.quick_mode`).
 QUICK_STEPS = 60
 
 
 
 def draw_playground(model: FlowModel | None, data: Any, title: str | None = None) -> bytes:
-    """The playground's picture as PNG bytes: `~flowlib.plots.plot_density_and_samples` of ``model`` and ``data``.
+    """The playground's picture as PNG bytes: `~flowlib.book.plots.plot_density_and_samples` of ``model`` and ``data``.
 
     With ``model=None`` only the data panel is filled.
 
@@ -125,11 +125,11 @@ def train_playground(
     """What the playground's Train button does, without the widget.
 
     Draws ``n_train`` and ``n_test`` independent points of ``density``
-    (`~flowlib.toy.toy_splits`, seeded with ``seed``), builds
+    (`~flowlib.datasets.toy.toy_splits`, seeded with ``seed``), builds
     `~flowlib.models.toy_model` (seeded with ``seed``), fits it with
-    `~flowlib.fit.fit` (nats, Adam, cosine decay from ``lr``, gradients
+    `~flowlib.training.fit.fit` (nats, Adam, cosine decay from ``lr``, gradients
     clipped at 10; ``callback(step, loss)`` every 50 steps), evaluates the
-    test NLL with `~flowlib.fit.evaluate` and draws `draw_playground`.
+    test NLL with `~flowlib.training.fit.evaluate` and draws `draw_playground`.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> run = train_playground("rings", "nice", 1, 4, steps=20, lr=1e-3, n_train=256, n_test=64, batch_size=64)
@@ -279,13 +279,13 @@ def playground(
 
 
 def transform_playground(**initial: float) -> Any:
-    """Chapter 1's widget: sliders for `~flowlib.warp.Warp2D`'s parameters; the density and samples redraw.
+    """Chapter 1's widget: sliders for `~flowlib.book.warp.Warp2D`'s parameters; the density and samples redraw.
 
     Sliders (descriptions) ``"scale x"``, ``"scale y"``, ``"bend"``,
     ``"angle"`` (degrees), ``"tails"``, started at ``initial`` (keywords
     ``scale_x``, ``scale_y``, ``bend``, ``angle_deg``, ``tails``); an
     ``ipywidgets.Image`` with class ``flowlib-plot`` drawn by
-    `~flowlib.warp.plot_warp`. The box has class ``flowlib-transform-playground``.
+    `~flowlib.book.warp.plot_warp`. The box has class ``flowlib-transform-playground``.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> box = transform_playground(bend=0.4)
@@ -342,7 +342,7 @@ def show(widget: Any) -> None:
        `transform_playground` give their widgets that method; for the
        playground it presses Train, so the widget opens on the result of a
        training with its settings, shortened to `QUICK_STEPS` steps in quick
-       mode, `flowlib.book.quick_mode`);
+       mode, `flowlib.book.chapter.quick_mode`);
     2. an empty, hidden widget with, as ``text/markdown``, a caption saying
        what the picture shows and how to get the widget.
 

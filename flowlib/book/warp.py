@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .flow import Flow, check_shape
-from .models import FlowModel
+from ..flow import Flow, check_shape
+from ..models import FlowModel
 from .plots import Bounds, density_grid
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def warp_density_and_samples(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Density of :math:`x = f^{-1}(z)`, :math:`z \\sim \\mathcal N(0, I)`, for `Warp2D`, and samples.
 
-    Returns ``(xs, ys, density, samples)`` as in `~flowlib.plots.density_grid`
+    Returns ``(xs, ys, density, samples)`` as in `~flowlib.book.plots.density_grid`
     (computed in float64) plus an ``(n_samples, 2)`` array drawn by inverting
     the map with a generator seeded with ``seed``.
 

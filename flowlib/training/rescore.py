@@ -15,8 +15,8 @@ https://arxiv.org/abs/1509.00519; for dequantization, Hoogeboom et al.,
 arXiv:2001.11235, https://arxiv.org/abs/2001.11235). The difference between
 the two numbers is how much of a reported bits/dim is the bound's slack.
 
-    python -m flowlib.rescore runs/realnvp-mnist-cpu --samples 16
-    python -m flowlib.rescore runs/glow-mnist-cpu --samples 16 --out results/glow-mnist-cpu-is16.json
+    python -m flowlib.training.rescore runs/realnvp-mnist-cpu --samples 16
+    python -m flowlib.training.rescore runs/glow-mnist-cpu --samples 16 --out results/glow-mnist-cpu-is16.json
 
 The test images, their batches and the evaluation seed of each batch are the
 trainer's, so ``--samples 1`` gives back the run's own test number.
@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_text, load_checkpoint, load_model
-from .config import ROOT, TrainResult, load_dataset
+from ..files import shown_path
+from .config import TrainResult, load_dataset
 from .distributed import device_name, resolve_device
 from .fit import EVAL_SEED, log_likelihood_sum
-from .flow import value_checks
-from .metrics import bits_per_dim
+from ..flow import value_checks
+from ..metrics import bits_per_dim
 
 __all__ = ["Rescore", "rescore", "main"]
 
@@ -97,17 +98,16 @@ def rescore(run_dir: str | Path, samples: int, device: str = "auto", progress: b
     if progress:
         print(file=sys.stderr)
     nats = -(total / test.shape[0]).item()
-    shown = run_dir.resolve()
     return Rescore(
-        run=str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown), run_id=result.run_id,
+        run=shown_path(run_dir), run_id=result.run_id,
         samples=samples, count=test.shape[0], test_bpd_single=result.test_bpd,
         test_bpd=float(bits_per_dim(-nats, model.num_dims)), test_nats=nats,
         seconds=time.perf_counter() - start, device=device_name(target), torch_version=torch.__version__,
-        command=f"python -m flowlib.rescore {run_dir} --samples {samples}")
+        command=f"python -m flowlib.training.rescore {run_dir} --samples {samples}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flowlib.rescore", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m flowlib.training.rescore", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a finished run folder (runs/MODEL-DATASET-PRESET...)")
     p.add_argument("--samples", type=int, default=16, help="dequantization samples per test image (K)")
     p.add_argument("--out", help="write the result as JSON here (default: only print it)")

@@ -4,7 +4,7 @@ A coupling leaves its conditioning half unchanged, so a stack mixes all
 coordinates only if something moves coordinates between the halves from one
 coupling to the next. `coupling_stack` builds vector affine couplings
 (:math:`y_2 = x_2 \\odot e^{s(x_1)} + t(x_1)`) with each scheme of `SCHEMES`
-between them, so that `flowlib.analysis.mixing_depth` and training runs can
+between them, so that `flowlib.book.analysis.mixing_depth` and training runs can
 compare the schemes with everything else equal.
 
 References: L. Dinh, D. Krueger, Y. Bengio, "NICE: Non-linear Independent
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from .conv1x1 import InvertibleConv1x1
-from .coupling import AffineCoupling
-from .flow import Flow, Sequential
-from .masks import alternating_mask, half_mask
-from .nets import MLP
-from .permutations import RandomPermutation, ReversePermutation
+from ..conv1x1 import InvertibleConv1x1
+from ..coupling import AffineCoupling
+from ..flow import Flow, Sequential
+from ..masks import alternating_mask, half_mask
+from ..nets import MLP
+from ..permutations import RandomPermutation, ReversePermutation
 
 __all__ = ["SCHEMES", "coupling_stack"]
 

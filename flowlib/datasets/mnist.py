@@ -23,15 +23,11 @@ Caching
     decompressing. On a read-only data folder nothing is cached.
 
 Downloading
-    Missing files are fetched by :mod:`flowlib.download`: capped in size and
+    Missing files are fetched by :mod:`flowlib.datasets.download`: capped in size and
     time, verified as above before anything is written, then placed
     atomically, so a failed download leaves nothing behind; without network,
     :class:`FileNotFoundError` says where to put the files and why each
     mirror failed.
-
-Mini-batches
-    :func:`batches` yields in-memory mini-batches by index: all a training
-    loop on a tensor that fits in memory needs (no DataLoader workers).
 """
 
 from __future__ import annotations
@@ -42,18 +38,17 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .download import fetch_missing, gunzip, write_atomically
+from ..files import workspace, write_atomically
+from .download import fetch_missing, gunzip
 
-__all__ = ["MNIST_FILES", "MNIST_MD5", "data_root", "mnist_dir", "load_mnist", "mnist_splits", "batches",
-           "downscale"]
+__all__ = ["MNIST_FILES", "MNIST_MD5", "data_root", "mnist_dir", "load_mnist", "mnist_splits", "downscale"]
 
-_REPO = Path(__file__).resolve().parent.parent
 
 #: split -> (images file, labels file), as in torchvision's ``MNIST/raw``.
 MNIST_FILES: dict[str, tuple[str, str]] = {
@@ -83,11 +78,12 @@ def data_root() -> Path:
     """The data root: ``$FLOWLIB_DATA``, else the default folder holding the data.
 
     Order: ``$FLOWLIB_DATA`` if set (even if it does not exist yet); else,
-    of ``<repo>/data`` and ``<repo>/../shared/data``, the one holding the
-    most MNIST files (raw archives and decoded caches), ties going to the
-    first existing one, so an empty folder never shadows a filled one; and
-    when neither exists, ``<repo>/data``, where downloads go. ``<repo>`` is
-    the folder that contains the ``flowlib`` package.
+    of ``<workspace>/data`` and ``<workspace>/../shared/data``, the one
+    holding the most MNIST files (raw archives and decoded caches), ties
+    going to the first existing one, so an empty folder never shadows a
+    filled one; and when neither exists, ``<workspace>/data``, where
+    downloads go. ``<workspace>`` is `flowlib.files.workspace` (the book's
+    checkout when run from it).
 
     >>> from unittest import mock
     >>> with mock.patch.dict(os.environ, {"FLOWLIB_DATA": "/data/flows"}):
@@ -97,7 +93,8 @@ def data_root() -> Path:
     env = os.environ.get("FLOWLIB_DATA")
     if env:
         return Path(env).expanduser()
-    candidates = [_REPO / "data", _REPO.parent / "shared" / "data"]
+    home = workspace()
+    candidates = [home / "data", home.parent / "shared" / "data"]
     # max() keeps the first of equal keys: the order above breaks ties.
     return max(candidates, key=lambda c: (_count_mnist_files(c), c.is_dir()))
 
@@ -290,35 +287,6 @@ def mnist_splits(root: str | Path | None = None, valid_size: int = 10000, seed: 
     order = torch.arange(n) if seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     cut = n - valid_size
     return {"train": train[order[:cut]], "valid": train[order[cut:]], "test": test}
-
-
-def batches(x: Tensor, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[Tensor]:
-    """Yield mini-batches of ``x`` along its first dimension (one epoch).
-
-    With ``shuffle=True`` the order is a ``torch.randperm`` drawn from
-    ``generator`` (the global RNG when ``None``), so a seeded generator gives
-    the same batches every time, and successive epochs with the same
-    generator object differ. Every index appears exactly once per epoch
-    (minus the short last batch when ``drop_last=True``). Indexing happens on
-    ``x``'s device; the permutation is drawn on the CPU.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> [b.tolist() for b in batches(torch.arange(5), 2, shuffle=False, drop_last=True)]
-        [[0, 1], [2, 3]]
-        >>> sum(len(b) for b in batches(torch.arange(10), 3, generator=g))
-        10
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if x.dim() == 0:
-        raise ValueError("x must have a batch dimension, got a 0-d tensor")
-    n = x.shape[0]
-    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-    stop = n - n % batch_size if drop_last else n
-    spans = (slice(start, min(start + batch_size, stop)) for start in range(0, stop, batch_size))
-    return (x[s] if order is None else x[order[s]] for s in spans)
 
 
 def downscale(images: Tensor, factor: int = 2) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig, build_model, config_from_dict
-from .download import write_atomically
+from ..files import write_atomically
 
 __all__ = ["CheckpointError", "atomic_save", "atomic_write_text", "check_writable", "state_bytes", "RunLock",
            "move_run_aside", "check_best", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
@@ -40,7 +40,7 @@ class CheckpointError(RuntimeError):
 
 
 def _write(path: Path, write: Any) -> None:
-    """`flowlib.download.write_atomically`, with a failure named as a `CheckpointError` (path and cause)."""
+    """`flowlib.files.write_atomically`, with a failure named as a `CheckpointError` (path and cause)."""
     try:
         write_atomically(path, write)
     except (OSError, RuntimeError) as e:
@@ -120,7 +120,7 @@ class RunLock:
     ...     RunLock(folder).acquire()
     Traceback (most recent call last):
     ...
-    flowlib.checkpoint.CheckpointError: run folder ... is in use by another trainer (pid ...); ...
+    flowlib.training.checkpoint.CheckpointError: run folder ... is in use by another trainer (pid ...); ...
     """
 
     def __init__(self, folder: str | Path) -> None:

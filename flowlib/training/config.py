@@ -28,15 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..files import runs_dir, shown_path
 from .fit import PRECISIONS, SCHEDULES
-from .models import FlowModel, glow, nice, realnvp_image, toy_model
+from ..models import FlowModel, glow, nice, realnvp_image, toy_model
 
 __all__ = [
     "TrainConfig", "TrainResult", "MODELS", "PRESETS", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
     "config_differences", "build_model", "load_dataset",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -45,12 +45,12 @@ class TrainConfig:
 
     ``model`` is ``"nice"``, ``"realnvp"`` or ``"glow"`` (MNIST only);
     ``dataset`` is ``"mnist"`` or a 2D toy density name
-    (``flowlib.toy.TOY_DENSITIES``). ``precision`` is
+    (``flowlib.datasets.toy.TOY_DENSITIES``). ``precision`` is
     ``"auto"`` (bf16 where the hardware runs it natively), ``"bf16"`` or
     ``"fp32"``; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
     run). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``eval_samples`` is the :math:`K` of the final test evaluation only
-    (`flowlib.fit.log_likelihood_sum`): 1 is the plain dequantization bound,
+    (`flowlib.training.fit.log_likelihood_sum`): 1 is the plain dequantization bound,
     :math:`K > 1` the importance-weighted bound
     :math:`\\log \\frac1K \\sum_k p(x + u_k) / q(u_k \\mid x)`, tighter and
     :math:`K` times slower; validation (which picks the best epoch) always
@@ -224,7 +224,7 @@ def make_config(model: str = "nice", preset: str = "cpu", dataset: str = "mnist"
     values.update(overrides)
     config = TrainConfig(model=model, preset=preset, dataset=dataset, **values)
     if not config.out_dir:
-        config.out_dir = str(ROOT / "runs" / (f"{model}-{dataset}-{preset}" + _name_suffix(base, config)))
+        config.out_dir = str(runs_dir() / (f"{model}-{dataset}-{preset}" + _name_suffix(base, config)))
     return config
 
 
@@ -246,6 +246,7 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
     """The config as plain JSON-able data (tuples become lists)."""
     d = dataclasses.asdict(config)
     d["betas"] = list(d["betas"])
+    d["out_dir"] = shown_path(d["out_dir"])  # relative to the workspace: files stay valid when it moves
     return d
 
 
@@ -281,13 +282,13 @@ def build_model(config: TrainConfig) -> FlowModel:
 def load_dataset(config: TrainConfig) -> dict[str, Tensor]:
     """``{"train", "valid", "test"}`` tensors, cut to ``train_size``/``eval_size``."""
     if config.dataset == "mnist":
-        from .data import mnist_splits
+        from ..datasets.mnist import mnist_splits
 
         splits = mnist_splits()
         if config.model == "nice":
             splits = {k: v.flatten(1) for k, v in splits.items()}
     else:
-        from .toy import sample_toy
+        from ..datasets.toy import sample_toy
 
         n_eval = config.eval_size or 10000
         n_train = config.train_size or 50000

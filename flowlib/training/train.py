@@ -6,7 +6,7 @@ optimizer), starts or restores, then alternates `_one_epoch` and
 on the test set (with ``eval_samples`` importance samples per image). One
 step (`_step`) takes this process's share of the next batch of the epoch's
 order (a function of ``(seed, epoch)`` only), sets the learning rate of the
-schedule and calls `flowlib.fit.train_step`, which
+schedule and calls `flowlib.training.fit.train_step`, which
 minimises the negative log-likelihood in bits per dimension,
 
 .. math:: \\mathcal L(\\theta) = -\\frac{1}{B}\\sum_{b=1}^{B}
@@ -14,20 +14,20 @@ minimises the negative log-likelihood in bits per dimension,
 
 Every ``log_every`` steps the loss is read back (the only host sync), checked
 to be finite, and a checkpoint is written when ``checkpoint_minutes`` have
-passed. Ctrl-C and SIGTERM raise a flag (`flowlib.stopping`) that the loop
+passed. Ctrl-C and SIGTERM raise a flag (`flowlib.training.stopping`) that the loop
 reads between steps, so the checkpoint written on a stop is the state after
 the last completed step and ``--resume`` continues bit for bit. README.md
 ("What the trainer guarantees") lists the guarantees and how they are tested.
 
-    python -m flowlib.train nice --preset cpu            # flowlib.cli
-    python -m flowlib.train realnvp --preset cpu --resume
-    torchrun --nproc_per_node 2 -m flowlib.train nice --preset paper
+    python -m flowlib.training nice --preset cpu            # flowlib.training.cli
+    python -m flowlib.training realnvp --preset cpu --resume
+    torchrun --nproc_per_node 2 -m flowlib.training nice --preset paper
 
 From Python::
 
-    from flowlib.config import make_config
-    from flowlib.runs import run_or_load
-    from flowlib.train import train
+    from flowlib.training.config import make_config
+    from flowlib.training.runs import run_or_load
+    from flowlib.training.train import train
     result = train(make_config("nice", "cpu"))
     model, result = run_or_load(make_config("nice", "cpu"))   # loads it when already trained
 """
@@ -48,15 +48,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..files import shown_path
 from .checkpoint import (RunLock, atomic_save, atomic_write_text, check_best, check_writable, load_checkpoint,
                          move_run_aside, rng_state, set_rng_state, state_bytes)
 from .config import TrainConfig, TrainResult, build_model, config_dict, config_differences, load_dataset
 from .distributed import (all_reduce_sum, barrier, broadcast_object, device_name, init_distributed,
                           rank_and_world, resolve_device, shutdown_distributed, wrap_data_parallel)
 from .fit import EVAL_SEED, learning_rate, log_likelihood_sum, make_optimizer, resolve_precision, train_step
-from .flow import initialize_from_data, value_checks
-from .metrics import bits_per_dim
-from .models import FlowModel
+from ..flow import initialize_from_data, value_checks
+from ..metrics import bits_per_dim
+from ..models import FlowModel
 from .stopping import StopFlag, stop_signals_to
 
 __all__ = ["train", "TrainingDiverged"]
@@ -319,7 +320,7 @@ def _validate(run: _Run, split: str = "valid", samples: int = 1) -> float:
     """Mean bits/dim on a split; between batches a stop signal is honoured (validation reruns on resume).
 
     ``samples`` > 1 scores each example by the importance-weighted bound
-    (`flowlib.fit.log_likelihood_sum`); only the final test evaluation uses it.
+    (`flowlib.training.fit.log_likelihood_sum`); only the final test evaluation uses it.
     """
     data = run.splits[split][run.rank::run.world]
     total = torch.zeros((), dtype=torch.float64, device=run.device)
@@ -377,7 +378,7 @@ def _finish(run: _Run) -> TrainResult:
         wall_seconds=st["wall_seconds"] if not finished else run.wall_seconds(),
         best_valid_bpd=st["best_valid_bpd"], best_epoch=st["best_epoch"], test_bpd=test_bpd, test_nats=test_nats,
         history=st["history"], interrupted=run.interrupted, device=device_name(run.device),
-        precision=run.precision, out_dir=str(run.out), world_size=run.world)
+        precision=run.precision, out_dir=shown_path(run.out), world_size=run.world)
     if run.rank == 0 and finished:
         atomic_write_text(json.dumps(dataclasses.asdict(result), indent=2), run.path("results.json"))
     return result
@@ -394,8 +395,3 @@ def _progress(total: int, desc: str, enabled: bool):
 
     return tqdm(total=total, desc=desc, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main())

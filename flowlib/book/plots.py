@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models import FlowModel
+from ..models import FlowModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,4 +1,4 @@
-"""The trainer's command line: ``python -m flowlib.train MODEL --preset {paper,cpu,quick} [--resume] ...``.
+"""The trainer's command line: ``python -m flowlib.training MODEL --preset {paper,cpu,quick} [--resume] ...``.
 
 Exit status: 0 finished, 130 stopped by Ctrl-C/SIGTERM (resume with
 ``--resume``), 2 bad settings, 3 the loss diverged, 4 a run-folder problem
@@ -18,12 +18,12 @@ from .train import TrainingDiverged, train
 
 __all__ = ["main"]
 
-_DESCRIPTION = "Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2D toy density by maximum likelihood (see flowlib.train)."
+_DESCRIPTION = "Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2D toy density by maximum likelihood (see flowlib.training.train)."
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flowlib.train MODEL [--dataset mnist] [--preset cpu] [--resume] ...``"""
-    p = argparse.ArgumentParser(prog="python -m flowlib.train", description=_DESCRIPTION)
+    """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``"""
+    p = argparse.ArgumentParser(prog="python -m flowlib.training", description=_DESCRIPTION)
     p.add_argument("model", choices=list(MODELS))
     p.add_argument("--dataset", default="mnist", help="mnist or a 2D toy density name")
     p.add_argument("--preset", default="cpu", choices=["paper", "cpu", "quick"])

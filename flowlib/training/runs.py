@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model
-from .config import ROOT, TrainConfig, TrainResult, config_differences
+from ..files import shown_path
+from .config import TrainConfig, TrainResult, config_differences
 from .distributed import resolve_device
-from .models import FlowModel
+from ..models import FlowModel
 from .train import train
 
 __all__ = ["run_or_load"]
@@ -70,7 +71,6 @@ def run_or_load(config: TrainConfig, progress: bool = True) -> tuple[FlowModel, 
             raise RuntimeError(f"training stopped after {result.steps} steps; its checkpoint is in {out}: "
                                f"run again to resume")
     elif progress:
-        shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-        print(f"Loaded the finished run in {shown} (delete it to train again).")
+        print(f"Loaded the finished run in {shown_path(out)} (delete it to train again).")
     model, _ = load_model(out / "best.pt", map_location=resolve_device(config.device))
     return model, result

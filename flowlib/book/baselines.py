@@ -36,7 +36,7 @@ Springer 2006, section 2.3.4 (maximum likelihood for the Gaussian, eqs.
 2.118-2.122).
 
 The constants of `true_log_density` are those of the samplers in
-`flowlib.toy`; ``tests/test_baselines.py`` checks each density against
+`flowlib.datasets.toy`; ``tests/test_baselines.py`` checks each density against
 samples drawn there.
 """
 

@@ -46,7 +46,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .distributions import Prior, StandardLogistic, StandardNormal
+from ..distributions import Prior, StandardLogistic, StandardNormal
 
 __all__ = ["auroc", "encode", "latent_moments", "prior_quantile", "qq_points", "tempered_log_prob"]
 
@@ -56,7 +56,7 @@ def encode(model: nn.Module, x: Tensor, batch_size: int = 500) -> tuple[Tensor, 
     """``(z, log_det)`` of ``model(x)`` in batches, without gradients, on the CPU.
 
     ``z`` is flattened to ``(N, D)``. A model that starts with
-    `~flowlib.preprocess.Dequantize` draws fresh noise: seed first for
+    `~flowlib.dequantization.Dequantize` draws fresh noise: seed first for
     reproducible numbers. ``log p_X = prior.log_prob(z) + log_det``.
 
     >>> from flowlib.models import realnvp
