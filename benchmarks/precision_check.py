@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from flowlib.training.config import build_model, load_dataset, make_config  # noqa: E402
-from flowlib.training.fit import fit, resolve_precision  # noqa: E402
+from flowlib.training.fit import fit  # noqa: E402
+from flowlib.training.precision import resolve_precision
 
 
 def run(model: str, precision: str, steps: int, n_valid: int, seed: int = 0) -> dict:

@@ -17,7 +17,8 @@ from .flow import Flow, Sequential, check_shape, value_checks
 from .jacobian import flow_log_abs_det, jacobian, log_abs_det_jacobian
 from .logit import Logit
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .models import FlowModel, nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
+from .flow_model import FlowModel
+from .models import nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
 from .normalization import ActNorm, BatchNormFlow

@@ -32,7 +32,7 @@ As a `~flowlib.flow.Flow` layer the log-det of ``forward`` is
 :math:`-D \\log 256 - \\log q(u \\mid x)`, so a model's ``log_prob`` is one
 sample of the bound above and training maximises it jointly in the model and
 in :math:`q`. Importance weighting with several samples
-(`flowlib.training.fit.evaluate` with ``samples=K``) tightens it towards
+(`flowlib.training.evaluate.evaluate` with ``samples=K``) tightens it towards
 :math:`\\log P(x)`.
 
 Reference: J. Ho, X. Chen, A. Srinivas, Y. Duan, P. Abbeel, "Flow++:
@@ -251,7 +251,7 @@ class VariationalDequantize(Flow):
     entropy is about 0.2 nats per dimension below the uniform's 0). With
     affine couplings :math:`h` keeps Gaussian tails, so no :math:`q` of this
     family is exactly uniform, and the importance weights
-    :math:`p/q` of `flowlib.training.fit.evaluate` have an infinite second moment
+    :math:`p/q` of `flowlib.training.evaluate.evaluate` have an infinite second moment
     (reached only by very rare draws far in the tails). ``base="logistic"``
     draws :math:`\\varepsilon` from the standard logistic instead
     (:math:`\\log p(\\varepsilon) = \\sum_d \\log\\sigma'(\\varepsilon_d)`):

@@ -3,7 +3,7 @@
 * the conditional flow's log-det against autograd Jacobians (float64);
 * :math:`q(u \\mid x)` is a density on the unit cube (a numerical integral);
 * ``inverse(forward(x))`` returns the levels exactly, with opposite log-dets;
-* the importance-weighted bound of `flowlib.training.fit.evaluate` against the exact
+* the importance-weighted bound of `flowlib.training.evaluate.evaluate` against the exact
   probability of a level under a model whose CDF is known in closed form;
 * the options reach the image models, the config, the trainer and the CLI,
   and bad arguments raise ValueErrors.
@@ -27,7 +27,8 @@ from flowlib.training import cli
 from flowlib.training import config as Cfg
 from flowlib.training import train as T
 from flowlib.datasets.mnist import data_root, mnist_dir
-from flowlib.training.fit import evaluate, fit, log_likelihood_sum
+from flowlib.training.evaluate import evaluate, log_likelihood_sum
+from flowlib.training.fit import fit
 from flowlib.flow import initialize_from_data
 from flowlib.models import glow, realnvp_image
 

@@ -9,7 +9,8 @@ import torch
 
 from flowlib.book.diagnostics import auroc, encode, latent_moments, prior_quantile, qq_points, tempered_log_prob
 from flowlib.distributions import Prior, StandardLogistic, StandardNormal
-from flowlib.models import FlowModel, toy_model
+from flowlib.flow_model import FlowModel
+from flowlib.models import toy_model
 from flowlib.scaling import DiagonalScaling
 
 # ----------------------------------------------------------------------------- latent statistics

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flowlib import Dequantize, FlowModel, Sequential
-from flowlib.training.fit import evaluate, fit, learning_rate
+from flowlib.training.evaluate import evaluate
+from flowlib.training.fit import fit, learning_rate
 from flowlib.models import realnvp
 from flowlib.scaling import DiagonalScaling
 

@@ -11,8 +11,8 @@ from flowlib.coupling import AffineCoupling
 from flowlib.distributions import StandardLogistic, StandardNormal
 from flowlib.flow import Sequential, value_checks
 from flowlib.jacobian import flow_log_abs_det
-from flowlib.models import (FlowModel, nice, realnvp, realnvp_image, realnvp_image_single_scale,
-                            toy_model)
+from flowlib.flow_model import FlowModel
+from flowlib.models import nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
 from flowlib.multiscale import MultiScale
 from flowlib.scaling import DiagonalScaling
 from flowlib.book.warp import Warp2D

@@ -18,7 +18,8 @@ import pytest
 import flowlib.book.playground as pg
 from flowlib.book.analysis import count_parameters
 from flowlib.book.baselines import true_nll
-from flowlib.training.fit import evaluate, fit
+from flowlib.training.evaluate import evaluate
+from flowlib.training.fit import fit
 from flowlib.models import toy_model
 from flowlib.book.playground import (DEFAULT_LR, DEFAULTS, PLAYGROUND_CLASSES, QUICK_STEPS, WIDGET_VIEW, draw_playground,
                                 playground, show, train_playground, transform_playground)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from flowlib.flow import Sequential
-from flowlib.models import FlowModel, toy_model
+from flowlib.flow_model import FlowModel
+from flowlib.models import toy_model
 from flowlib.book.plots import density_grid, figure_png, grid_lines, plot_density_and_samples
 from flowlib.scaling import DiagonalScaling
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from flowlib import nice, realnvp_image
-from flowlib.training.fit import autocast, resolve_precision, train_step, make_optimizer
+from flowlib.training.fit import train_step, make_optimizer
+from flowlib.training.precision import autocast, resolve_precision
 
 
 def models():

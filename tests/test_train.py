@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flowlib.training import checkpoint as C
+from flowlib.training import evaluate as E
 from flowlib.training import fit as F
 from flowlib.training import config as Cfg
 from flowlib.training import runs as R
@@ -63,7 +64,7 @@ def assert_same_run(dir_a: Path, dir_b: Path) -> None:
 
 def test_toy_run_writes_results_and_safe_checkpoints(tmp_path):
     config = toy_config(tmp_path)
-    untrained = F.evaluate(Cfg.build_model(config), Cfg.load_dataset(config)["test"]).bpd
+    untrained = E.evaluate(Cfg.build_model(config), Cfg.load_dataset(config)["test"]).bpd
     result = T.train(config, progress=False)
     out = Path(result.out_dir)
     assert result.epochs_done == 2 and not result.interrupted

@@ -6,7 +6,7 @@ minimising the mean negative log-likelihood in nats,
 .. math:: \\mathcal L = -\\frac1B \\sum_b \\Big[\\log p_Z(f(x_b)) + \\log\\Big|\\det \\frac{\\partial f}{\\partial x}(x_b)\\Big|\\Big],
 
 with Adam and a cosine learning-rate decay (`flowlib.training.fit.fit`), then reports
-the test NLL (`flowlib.training.fit.evaluate`) and draws data | learned density |
+the test NLL (`flowlib.training.evaluate.evaluate`) and draws data | learned density |
 samples (`flowlib.book.plots.plot_density_and_samples`); `train_playground` is
 that Train button without the widget. `transform_playground` draws chapter
 1's warp, :math:`p_X(x) = p_Z(f(x))\\,|\\det \\partial f/\\partial x|`, for
@@ -32,7 +32,8 @@ from typing import Any, Callable
 from .analysis import count_parameters
 from .chapter import quick_mode
 from ..training.fit import evaluate, fit
-from ..models import FlowModel, toy_model
+from ..flow_model import FlowModel
+from ..models import toy_model
 from .plots import figure_png, plot_density_and_samples
 from ..datasets.toy import TOY_DENSITIES, toy_splits
 from .warp import plot_warp
@@ -129,7 +130,7 @@ def train_playground(
     `~flowlib.models.toy_model` (seeded with ``seed``), fits it with
     `~flowlib.training.fit.fit` (nats, Adam, cosine decay from ``lr``, gradients
     clipped at 10; ``callback(step, loss)`` every 50 steps), evaluates the
-    test NLL with `~flowlib.training.fit.evaluate` and draws `draw_playground`.
+    test NLL with `~flowlib.training.evaluate.evaluate` and draws `draw_playground`.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> run = train_playground("rings", "nice", 1, 4, steps=20, lr=1e-3, n_train=256, n_test=64, batch_size=64)

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import FlowModel
-
+from ..flow_model import FlowModel
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..flow import Flow, check_shape
-from ..models import FlowModel
+from ..flow_model import FlowModel
 from .plots import Bounds, density_grid
 
 if TYPE_CHECKING:

@@ -42,7 +42,6 @@ import functools
 import gzip
 import http.client
 import io
-import os
 import tempfile
 import time
 import urllib.request

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from ..files import runs_dir, shown_path
-from .fit import PRECISIONS, SCHEDULES
-from ..models import FlowModel, glow, nice, realnvp_image, toy_model
-
+from .fit import SCHEDULES
+from .precision import PRECISIONS
+from ..flow_model import FlowModel
+from ..models import glow, nice, realnvp_image, toy_model
 __all__ = [
     "TrainConfig", "TrainResult", "MODELS", "PRESETS", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
     "config_differences", "build_model", "load_dataset",
@@ -50,7 +51,7 @@ class TrainConfig:
     ``"fp32"``; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
     run). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``eval_samples`` is the :math:`K` of the final test evaluation only
-    (`flowlib.training.fit.log_likelihood_sum`): 1 is the plain dequantization bound,
+    (`flowlib.training.evaluate.log_likelihood_sum`): 1 is the plain dequantization bound,
     :math:`K > 1` the importance-weighted bound
     :math:`\\log \\frac1K \\sum_k p(x + u_k) / q(u_k \\mid x)`, tighter and
     :math:`K` times slower; validation (which picks the best epoch) always

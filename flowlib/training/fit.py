@@ -1,4 +1,4 @@
-"""One training step, one fit loop and one evaluation: maximum likelihood for every flow in the book.
+"""One training step and one fit loop: maximum likelihood for every flow in the book.
 
 A flow model is fitted by minimising the negative log-likelihood of a batch,
 
@@ -11,13 +11,8 @@ in nats per example (``unit="nats"``, the 2D toys) or divided by
 `train_step`: `fit` (chapters, playground), the command-line trainer
 `flowlib.training.train` and the benchmarks.
 
-Precision: with ``precision="bf16"`` the step runs under
-``torch.autocast(dtype=torch.bfloat16)``, which runs matrix multiplies and
-convolutions (the conditioner nets) in bfloat16 while element-wise
-arithmetic, the prior, the log-dets and the loss stay in float32. A coupling
-never inverts its net, so the flow stays exactly invertible and its log-det
-exact for the function it computes. ``"auto"`` picks bf16 on CUDA devices
-that support it and on CPUs with native bf16 instructions, fp32 elsewhere.
+Precision (``precision``) is `flowlib.training.precision`'s; evaluation is
+`flowlib.training.evaluate`'s.
 
 >>> from flowlib.models import realnvp
 >>> model = realnvp(2, num_couplings=2, hidden=8)
@@ -28,11 +23,9 @@ that support it and on CPUs with native bf16 instructions, fp32 elsewhere.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -40,68 +33,20 @@ from torch import Tensor, nn
 
 from ..flow import initialize_from_data, value_checks
 from ..metrics import bits_per_dim
+from .evaluate import Evaluation, evaluate
+from .precision import autocast, model_device
 
-__all__ = [
-    "PRECISIONS", "SCHEDULES", "UNITS", "batches", "resolve_precision", "autocast", "model_device", "loss_scale",
-    "make_optimizer", "learning_rate", "train_step", "FitResult", "fit", "Evaluation", "log_likelihood_sum",
-    "evaluate",
-]
+__all__ = ["SCHEDULES", "UNITS", "batches", "loss_scale", "make_optimizer", "learning_rate", "train_step", "FitResult",
+           "fit"]
 
-PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("constant", "cosine")
 UNITS = ("bpd", "nats")
 
-#: Seed of the dequantization noise during evaluation (fixed, so a model's score is reproducible
-#: and evaluating never moves the training run's random state).
-EVAL_SEED = 1234
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-@functools.cache
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"bf16"`` or ``"fp32"``: what ``precision`` (``auto``, ``bf16``, ``fp32``) means on ``device``.
-
-    >>> resolve_precision("fp32", "cpu"), resolve_precision("bf16", "cpu")
-    ('fp32', 'bf16')
-    """
-    _check_choice("precision", precision, PRECISIONS)
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
-
-
-def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
-    device = torch.device(device)
-    if resolve_precision(precision, device) == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model`` lives: its ``device`` attribute, else its first parameter or buffer, else the CPU."""
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def loss_scale(model: nn.Module, unit: str) -> float:
@@ -278,113 +223,5 @@ def fit(
     return result
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Mean negative log-likelihood of ``count`` examples, in nats per example and bits per dimension."""
-
-    nats: float
-    bpd: float
-    count: int
-
-
 def _in_unit(e: Evaluation, unit: str) -> float:
     return e.bpd if unit == "bpd" else e.nats
-
-
-@contextmanager
-def _evaluation_noise(device: torch.device, seed: int) -> Iterator[None]:
-    """Fixed dequantization noise during evaluation; the caller's random state is restored after."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _check_samples(samples: int) -> None:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-
-
-@torch.no_grad()
-def log_likelihood_sum(
-    model: nn.Module, data: Tensor, batch_size: int = 1000, precision: str = "fp32", seed: int = EVAL_SEED,
-    samples: int = 1,
-) -> Tensor:
-    """:math:`\\sum_n \\log p(x_n)` over ``data`` in nats, as a float64 scalar on the model's device.
-
-    Runs in eval mode, in batches moved to the model's device, with the
-    dequantization noise drawn from a fixed seed (so the same model always
-    gets the same score) and the caller's random state left untouched. The
-    trainer sums shards with it across processes.
-
-    With ``samples`` :math:`= K > 1` each example's score is the log-mean-exp
-    of :math:`K` calls of ``model.log_prob`` (each with fresh dequantization
-    noise :math:`u_k`, all under the fixed seed),
-
-    .. math:: \\log \\hat p_K(x) = \\log \\frac1K \\sum_{k=1}^{K} e^{\\ell_k},
-       \\qquad \\ell_k = \\log p_{\\text{model}}(x + u_k) - \\log q(u_k \\mid x),
-
-    computed as ``logsumexp - log K`` in float64. When ``log_prob`` is a
-    dequantization bound (uniform :math:`q \\equiv 1` or variational), the
-    :math:`e^{\\ell_k}` are importance weights with mean :math:`P(x)`, so
-    :math:`\\mathbb E[\\log \\hat p_K(x)] \\le \\log P(x)` for every :math:`K`,
-    the expectation never decreases with :math:`K`, and it tends to
-    :math:`\\log P(x)` when the weights are bounded: the importance-weighted
-    bound (Burda et al. 2016, Theorem 1), here with the dequantization noise
-    as the latent variable (Ho et al. 2019, section 3.1). ``samples=1`` is the plain
-    bound, the same numbers as before this option existed. A model without
-    noise gives :math:`K` equal terms and its exact log-likelihood for any :math:`K`.
-
-    Reference: Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted
-    Autoencoders", ICLR 2016, arXiv:1509.00519 (https://arxiv.org/abs/1509.00519).
-
-    Reference: J. Ho, X. Chen, A. Srinivas, Y. Duan, P. Abbeel, "Flow++:
-    Improving Flow-Based Generative Models with Variational Dequantization
-    and Architecture Design", ICML 2019, arXiv:1902.00275
-    (https://arxiv.org/abs/1902.00275).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    _check_samples(samples)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    try:
-        with _evaluation_noise(device, seed):
-            for start in range(0, data.shape[0], batch_size):
-                x = data[start:start + batch_size].to(device)
-                if samples == 1:
-                    with autocast(precision, device):
-                        total += model.log_prob(x).double().sum()
-                    continue
-                terms = []
-                for _ in range(samples):
-                    with autocast(precision, device):
-                        terms.append(model.log_prob(x).double())
-                total += (torch.logsumexp(torch.stack(terms), dim=0) - math.log(samples)).sum()
-    finally:
-        model.train(was_training)
-    return total
-
-
-def evaluate(
-    model: nn.Module, data: Tensor, batch_size: int = 1000, precision: str = "fp32", samples: int = 1,
-) -> Evaluation:
-    """Mean negative log-likelihood of ``model`` on ``data``: nats per example and bits per dimension.
-
-    ``samples`` :math:`= K > 1` scores each example by the importance-weighted
-    bound :math:`\\log \\frac1K \\sum_k e^{\\ell_k}` of `log_likelihood_sum`
-    (tighter than the plain dequantization bound, :math:`K` times the work).
-
-    >>> from flowlib.models import FlowModel
-    >>> from flowlib.scaling import DiagonalScaling
-    >>> e = evaluate(FlowModel(DiagonalScaling(1), "normal", (1,)), torch.zeros(10, 1))
-    >>> round(e.nats, 4), round(e.nats, 4) == round(0.5 * math.log(2 * math.pi), 4), e.count
-    (0.9189, True, 10)
-    """
-    if data.dim() < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
-    nats = -log_likelihood_sum(model, data, batch_size, precision, samples=samples).item() / data.shape[0]
-    return Evaluation(nats=nats, bpd=float(bits_per_dim(-nats, model.num_dims)), count=data.shape[0])

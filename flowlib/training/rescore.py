@@ -38,7 +38,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, load_model
 from ..files import shown_path
 from .config import TrainResult, load_dataset
 from .distributed import device_name, resolve_device
-from .fit import EVAL_SEED, log_likelihood_sum
+from .evaluate import EVAL_SEED, log_likelihood_sum
 from ..flow import value_checks
 from ..metrics import bits_per_dim
 

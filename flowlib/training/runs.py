@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model
 from ..files import shown_path
 from .config import TrainConfig, TrainResult, config_differences
 from .distributed import resolve_device
-from ..models import FlowModel
+from ..flow_model import FlowModel
 from .train import train
 
 __all__ = ["run_or_load"]

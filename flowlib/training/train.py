@@ -54,10 +54,12 @@ from .checkpoint import (RunLock, atomic_save, atomic_write_text, check_best, ch
 from .config import TrainConfig, TrainResult, build_model, config_dict, config_differences, load_dataset
 from .distributed import (all_reduce_sum, barrier, broadcast_object, device_name, init_distributed,
                           rank_and_world, resolve_device, shutdown_distributed, wrap_data_parallel)
-from .fit import EVAL_SEED, learning_rate, log_likelihood_sum, make_optimizer, resolve_precision, train_step
+from .evaluate import EVAL_SEED, log_likelihood_sum
+from .fit import learning_rate, make_optimizer, train_step
+from .precision import resolve_precision
 from ..flow import initialize_from_data, value_checks
 from ..metrics import bits_per_dim
-from ..models import FlowModel
+from ..flow_model import FlowModel
 from .stopping import StopFlag, stop_signals_to
 
 __all__ = ["train", "TrainingDiverged"]
@@ -320,7 +322,7 @@ def _validate(run: _Run, split: str = "valid", samples: int = 1) -> float:
     """Mean bits/dim on a split; between batches a stop signal is honoured (validation reruns on resume).
 
     ``samples`` > 1 scores each example by the importance-weighted bound
-    (`flowlib.training.fit.log_likelihood_sum`); only the final test evaluation uses it.
+    (`flowlib.training.evaluate.log_likelihood_sum`); only the final test evaluation uses it.
     """
     data = run.splits[split][run.rank::run.world]
     total = torch.zeros((), dtype=torch.float64, device=run.device)
