@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from flowlib.book.analysis import (count_macs, count_parameters, dependency, dependency_after, mixing_depth,
-                              width_for_params)
+from flowlib.book.analysis import (count_macs, count_parameters, dependency, dependency_after, equal_time_steps,
+                                   mixing_depth, width_for_params)
 from flowlib.conv1x1 import InvertibleConv1x1
 from flowlib.flow import Sequential
 from flowlib.jacobian import flow_log_abs_det
@@ -146,3 +148,34 @@ def test_width_for_params_is_the_closest_width() -> None:
     for target in (2100, 2111, 777, 5):
         best = min(range(1, 300), key=lambda w: (abs(count_parameters(build(w)) - target), w))
         assert width_for_params(build, target, high=300) == best
+
+
+class _Slow(nn.Module):
+    """A flow model whose step takes at least ``seconds`` (a sleep in log_prob), for `equal_time_steps`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        from flowlib.flow_model import FlowModel
+        from flowlib.scaling import DiagonalScaling
+
+        self.inner, self.seconds = FlowModel(DiagonalScaling(2), "normal", (2,)), seconds
+        self.num_dims = 2
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.inner.log_prob(x)
+
+
+def test_equal_time_steps_gives_a_twice_slower_model_half_the_steps():
+    # Step times are dominated by sleeps of 10 and 20 ms (a step of this tiny model takes well under 1 ms), so
+    # the slower model must get close to half the reference's steps: the sleeps set the ratio, not this machine.
+    models = {"fast": _Slow(0.010), "slow": _Slow(0.020)}
+    result = equal_time_steps(models, torch.randn(16, 2), "fast", steps=1000, rounds=3)
+    assert result.steps["fast"] == 1000
+    assert 0.4 * 1000 <= result.steps["slow"] <= 0.55 * 1000
+    assert result.step_seconds["slow"] >= 0.020 and result.step_seconds["fast"] >= 0.010
+    with pytest.raises(ValueError, match="reference must be one of"):
+        equal_time_steps(models, torch.randn(16, 2), "medium", steps=10)

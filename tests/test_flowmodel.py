@@ -14,6 +14,7 @@ from flowlib.jacobian import flow_log_abs_det
 from flowlib.flow_model import FlowModel
 from flowlib.models import nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
 from flowlib.multiscale import MultiScale
+from flowlib.nets import ResidualConvNet
 from flowlib.scaling import DiagonalScaling
 from flowlib.book.warp import Warp2D
 
@@ -165,12 +166,43 @@ def test_toy_model_kinds_and_priors() -> None:
         toy_model("glow")
 
 
-def test_preset_parameter_counts_are_unchanged() -> None:
-    # counts of the presets before the application code moved (regression guard)
-    assert count_parameters(realnvp(2)) == 136216
-    assert count_parameters(realnvp_image()) == 4816577
-    assert count_parameters(realnvp_image_single_scale()) == 4930823
-    assert count_parameters(toy_model("nice")) == 34826 and count_parameters(toy_model("realnvp")) == 35352
+def mlp_parameters(d_in: int, d_out: int, hidden: int, layers: int) -> int:
+    """Weights and biases of `MLP`: ``d_in -> hidden``, ``layers - 1`` times ``hidden -> hidden``, ``hidden -> d_out``."""
+    return (d_in + 1) * hidden + (layers - 1) * (hidden + 1) * hidden + (hidden + 1) * d_out
+
+
+def conv_net_parameters(c_in: int, c_out: int, hidden: int, blocks: int) -> int:
+    """`ResidualConvNet`: a 3x3 conv in, ``blocks`` residual blocks (two batch norms of 2 parameters a channel,
+    a 3x3 conv without bias and one with), a batch norm and a 3x3 conv out."""
+    block = 2 * 2 * hidden + 9 * hidden * hidden + (9 * hidden * hidden + hidden)
+    return (9 * c_in + 1) * hidden + blocks * block + 2 * hidden + (9 * hidden + 1) * c_out
+
+
+def vector_coupling_stack_parameters(dim: int, couplings: int, hidden: int, layers: int, affine: bool) -> int:
+    """Couplings on alternating halves (``ceil(D/2)`` and ``floor(D/2)`` conditioning in turn); an affine one has
+    a shift and a log-scale per transformed coordinate, and one learned scale factor each (`AffineCoupling.scale`)."""
+    total = 0
+    for k in range(couplings):
+        cond = (dim + 1) // 2 if k % 2 == 0 else dim // 2
+        out = dim - cond
+        total += mlp_parameters(cond, (2 if affine else 1) * out, hidden, layers) + (out if affine else 0)
+    return total
+
+
+def test_vector_presets_have_the_parameters_their_architecture_gives() -> None:
+    # NICE on MNIST (Dinh et al. 2015, section 5.1): 4 additive couplings with 5 hidden layers of 1000 units on
+    # 392 + 392 pixels, and a diagonal scaling of 784: 4 * 4,789,392 + 784 = 19,158,352.
+    assert count_parameters(nice(784)) == vector_coupling_stack_parameters(784, 4, 1000, 5, False) + 784 == 19_158_352
+    assert count_parameters(realnvp(2)) == vector_coupling_stack_parameters(2, 8, 128, 2, True)
+    assert count_parameters(realnvp(5, num_couplings=3, hidden=16)) == vector_coupling_stack_parameters(5, 3, 16, 2, True)
+    assert count_parameters(toy_model("nice")) == vector_coupling_stack_parameters(2, 8, 64, 2, False) + 2
+    assert count_parameters(toy_model("realnvp", 4, 16)) == vector_coupling_stack_parameters(2, 4, 16, 2, True)
+
+
+@pytest.mark.parametrize("c_in, c_out, hidden, blocks", [(1, 2, 8, 1), (2, 4, 16, 3), (4, 8, 64, 8)])
+def test_conv_net_has_the_parameters_of_its_layers(c_in: int, c_out: int, hidden: int, blocks: int) -> None:
+    net = ResidualConvNet(c_in, c_out, hidden_channels=hidden, num_blocks=blocks)
+    assert count_parameters(net) == conv_net_parameters(c_in, c_out, hidden, blocks)
 
 
 # ----------------------------------------------------------------------------- single-scale RealNVP

@@ -22,7 +22,7 @@ from torch import Tensor
 from flowlib import (
     AdditiveCoupling, AffineCoupling, Dequantize, DiagonalScaling, FlowModel, InvertibleConv1x1, Logit,
     MultiScale, ResidualConvNet, Sequential, Squeeze, StandardLogistic, StandardNormal,
-    checkerboard_mask, channel_mask, jacobian, nice, realnvp, realnvp_image,
+    alternating_mask, checkerboard_mask, channel_mask, jacobian, nice, realnvp, realnvp_image,
 )
 from flowlib.flow import initialize_from_data
 from flowlib.models import GLOW_PERMUTATIONS, glow
@@ -340,10 +340,16 @@ def test_nice_mnist_structure():
     assert z.shape == (B, 784) and torch.equal(log_det, torch.zeros(B))
 
 
-def test_nice_defaults_from_signature():
-    model = nice(10, hidden=4)
+def test_nice_is_the_papers_architecture():
+    # NICE's MNIST model (Dinh et al. 2015, section 5.1): four additive couplings on alternating halves, each
+    # coupling function a ReLU MLP with five hidden layers of 1000 units, a diagonal scaling, a logistic prior.
+    model = nice(784)
     assert [type(f) for f in model.flow] == [AdditiveCoupling] * 4 + [DiagonalScaling]
-    assert sum(isinstance(m, torch.nn.Linear) for m in model.flow[0].net) == 6
+    for k, coupling in enumerate(model.flow[:4]):
+        linears = [m for m in coupling.net if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(392, 1000)] + [(1000, 1000)] * 4 + [(1000, 392)]
+        assert torch.equal(coupling.mask, alternating_mask(784, parity=k % 2))
+    assert isinstance(model.prior, StandardLogistic)
     assert isinstance(nice(10, hidden=4, prior="normal").prior, StandardNormal)
 
 

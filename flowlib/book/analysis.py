@@ -12,22 +12,28 @@
 * Cost: `count_macs`, the multiply-accumulates of every ``Linear`` and
   ``Conv2d`` per example: :math:`i\\,o` for ``Linear(i, o)``,
   :math:`(C_{in}/g)\\,k_h k_w` per output entry of a convolution.
+* Time: `equal_time_steps`, the steps each model gets in the time a
+  reference model takes for its budget (chapters 10 and 11 compare at equal
+  time).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..conv1x1 import InvertibleConv1x1
-from ..flow import Flow, Sequential
+from ..flow import Flow, Sequential, initialize_from_data
 from ..jacobian import jacobian
+from ..training.fit import make_optimizer, train_step
 
 __all__ = [
-    "count_macs", "count_parameters", "dependency", "dependency_after", "mixing_depth",
-    "width_for_params",
+    "EqualTime", "count_macs", "count_parameters", "dependency", "dependency_after", "equal_time_steps",
+    "mixing_depth", "width_for_params",
 ]
 
 
@@ -146,3 +152,52 @@ def width_for_params(build: Callable[[int], nn.Module], target: int, low: int = 
         else:
             high = mid
     return min((low, high), key=lambda w: abs(count_parameters(build(w)) - target))
+
+
+# ----------------------------------------------------------------------------- time
+
+
+@dataclass(frozen=True)
+class EqualTime:
+    """Seconds per training step of each model, and the steps each gets in the reference's time."""
+
+    step_seconds: dict[str, float]
+    steps: dict[str, int]
+
+
+def equal_time_steps(models: dict[str, nn.Module], probe: Tensor, reference: str, steps: int,
+                     rounds: int = 20, lr: float = 1e-3) -> EqualTime:
+    """Steps of each model that take the time ``reference`` takes for ``steps`` steps.
+
+    Each model starts from the data (``probe``) and takes Adam steps on
+    ``probe``, the models interleaved, one warm-up round, then ``rounds``
+    timed rounds; a model's step time is its fastest round (other work on the
+    machine can only add time to a step), and model :math:`m` gets
+    :math:`\\mathrm{round}(S\\, t_{\\text{ref}} / t_m)` steps for the
+    reference's :math:`S`. The models are trained by the timing: pass fresh
+    copies, not the ones to compare.
+
+    >>> from flowlib.flow_model import FlowModel
+    >>> from flowlib.scaling import DiagonalScaling
+    >>> models = {k: FlowModel(DiagonalScaling(2), "normal", (2,)) for k in ("a", "b")}
+    >>> equal_time_steps(models, torch.randn(8, 2), "a", steps=100, rounds=3).steps["a"]
+    100
+    """
+    if reference not in models:
+        raise ValueError(f"reference must be one of {sorted(models)}, got {reference!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or rounds < 1:
+        raise ValueError(f"steps and rounds must be positive integers, got {steps!r} and {rounds!r}")
+    optimizers = {}
+    for name, model in models.items():
+        initialize_from_data(model, probe)
+        optimizers[name] = make_optimizer(model, lr=lr)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for i in range(rounds + 1):
+        for name, model in models.items():
+            start = time.perf_counter()
+            train_step(model, optimizers[name], probe).item()  # .item(): wait for the step to finish
+            if i:  # round 0 warms up
+                times[name].append(time.perf_counter() - start)
+    fastest = {name: min(ts) for name, ts in times.items()}
+    budget = {name: round(steps * fastest[reference] / fastest[name]) for name in models}
+    return EqualTime(step_seconds=fastest, steps=budget)

@@ -26,7 +26,7 @@ are imported only when a widget or a picture is made.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from .analysis import count_parameters
@@ -39,8 +39,8 @@ from ..datasets.toy import TOY_DENSITIES, toy_splits
 from .warp import plot_warp
 
 __all__ = [
-    "DEFAULTS", "DEFAULT_LR", "PLAYGROUND_CLASSES", "QUICK_STEPS", "PlaygroundRun", "WIDGET_VIEW", "draw_playground",
-    "playground", "show", "train_playground", "transform_playground",
+    "DEFAULTS", "DEFAULT_LR", "PLAYGROUND_CLASSES", "QUICK_STEPS", "PlaygroundControls", "PlaygroundRun", "WIDGET_VIEW", "draw_playground",
+    "playground", "playground_controls", "show", "train_playground", "transform_playground",
 ]
 
 #: CSS classes that the widgets put on their parts (a browser test relies on them).
@@ -186,97 +186,149 @@ def playground(
     >>> box.parts["progress"].value, "test NLL" in box.parts["status"].value
     (20, True)
     """
-    import ipywidgets as w
-
     if kind not in DEFAULTS:
         raise ValueError(f"kind must be one of {sorted(DEFAULTS)}, got {kind!r}")
     given = {"num_couplings": num_couplings, "hidden": hidden, "steps": steps, "lr": lr}
     start = {k: DEFAULTS[kind][k] if v is None else v for k, v in given.items()}
-    c = PLAYGROUND_CLASSES
-    density_w = w.Dropdown(options=list(TOY_DENSITIES), value=density, description="density")
-    model_w = w.Dropdown(options=list(DEFAULTS), value=kind, description="model")
-    couplings_w = w.IntSlider(value=start["num_couplings"], min=1, max=16, description="couplings")
-    hidden_w = w.IntSlider(value=start["hidden"], min=4, max=256, step=4, description="hidden")
-    steps_w = w.IntSlider(value=start["steps"], min=20, max=10000, step=20, description="steps")
-    lr_w = w.FloatLogSlider(value=start["lr"], base=10, min=-4, max=-1, step=0.1, description="lr",
-                            readout_format=".0e")
-    button = w.Button(description="Train", button_style="primary", icon="play")
-    progress = w.IntProgress(value=0, min=0, max=start["steps"], description="progress")
-    status = w.HTML(value="press Train")
-    image = w.Image(format="png")
-    parts = {"density": density_w, "model": model_w, "couplings": couplings_w, "hidden": hidden_w,
-             "steps": steps_w, "lr": lr_w, "train": button, "progress": progress,
-             "status": status, "plot": image}
-    for key, widget in parts.items():
-        widget.add_class(c[key])
-    sliders = {"num_couplings": couplings_w, "hidden": hidden_w, "steps": steps_w, "lr": lr_w}
-    settings = [density_w, model_w, couplings_w, hidden_w, steps_w, lr_w]
-    controls = settings + [button]  # disabled while training
-    state: dict[str, Any] = {"training": False, "result": None}  # result: (density, status line) of the last Train
+    controls = playground_controls(density, kind, start)
+    data = dict(n_train=n_train, n_test=n_test, batch_size=batch_size, seed=seed)
+    return _PlaygroundWiring(controls, data).box
 
-    def show_data(change: Any = None) -> None:
-        if state["result"] is None and not state["training"]:
-            image.value = draw_playground(None, toy_splits(density_w.value, n_train, n_test, seed=seed)[0])
-            status.value = "press Train"
-        elif state["result"] is not None and not state["training"]:
-            shown, line = state["result"]
-            status.value = line if density_w.value == shown else f"{line}; press Train to fit {density_w.value}"
 
-    def follow_kind(change: Any) -> None:
+@dataclass
+class PlaygroundControls:
+    """The playground's widgets, built but not yet wired (`playground_controls`)."""
+
+    density: Any
+    model: Any
+    couplings: Any
+    hidden: Any
+    steps: Any
+    lr: Any
+    train: Any
+    progress: Any
+    status: Any
+    plot: Any
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        """Every widget by its name in `PLAYGROUND_CLASSES`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def sliders(self) -> dict[str, Any]:
+        """The sliders by the `DEFAULTS` key they set."""
+        return {"num_couplings": self.couplings, "hidden": self.hidden, "steps": self.steps, "lr": self.lr}
+
+    @property
+    def settings(self) -> list[Any]:
+        """The controls that choose what Train fits (disabled while it trains, with the button)."""
+        return [self.density, self.model, self.couplings, self.hidden, self.steps, self.lr]
+
+
+def playground_controls(density: str, kind: str, start: dict[str, Any]) -> PlaygroundControls:
+    """The widgets of `playground`, at ``start`` (`DEFAULTS`' keys), each with its CSS class."""
+    import ipywidgets as w
+
+    controls = PlaygroundControls(
+        density=w.Dropdown(options=list(TOY_DENSITIES), value=density, description="density"),
+        model=w.Dropdown(options=list(DEFAULTS), value=kind, description="model"),
+        couplings=w.IntSlider(value=start["num_couplings"], min=1, max=16, description="couplings"),
+        hidden=w.IntSlider(value=start["hidden"], min=4, max=256, step=4, description="hidden"),
+        steps=w.IntSlider(value=start["steps"], min=20, max=10000, step=20, description="steps"),
+        lr=w.FloatLogSlider(value=start["lr"], base=10, min=-4, max=-1, step=0.1, description="lr",
+                            readout_format=".0e"),
+        train=w.Button(description="Train", button_style="primary", icon="play"),
+        progress=w.IntProgress(value=0, min=0, max=start["steps"], description="progress"),
+        status=w.HTML(value="press Train"),
+        plot=w.Image(format="png"),
+    )
+    for key, widget in controls.parts.items():
+        widget.add_class(PLAYGROUND_CLASSES[key])
+    return controls
+
+
+class _PlaygroundWiring:
+    """What the playground's controls do: show the data, follow the model kind, train, draw its picture."""
+
+    def __init__(self, controls: PlaygroundControls, data: dict[str, int]) -> None:
+        import ipywidgets as w
+
+        self.c, self.data = controls, data
+        self.training = False
+        self.result: tuple[str, str] | None = None  # (density, status line) of the last Train
+        self.show_data()
+        controls.density.observe(self.show_data, names="value")
+        controls.model.observe(self.follow_kind, names="value")
+        controls.train.on_click(self.on_train)
+        c = controls
+        self.box = w.VBox([w.VBox(c.settings + [w.HBox([c.train, c.progress]), c.status]), c.plot])
+        self.box.add_class(PLAYGROUND_CLASSES["root"])
+        self.box.parts = c.parts  # direct access for tests and readers
+        self.box.picture = self.picture
+
+    def show_data(self, change: Any = None) -> None:
+        """The data until the first Train; then the last result, saying when the density has changed since."""
+        c = self.c
+        if self.training:
+            return
+        if self.result is None:
+            train, _ = toy_splits(c.density.value, self.data["n_train"], self.data["n_test"], seed=self.data["seed"])
+            c.plot.value = draw_playground(None, train)
+            c.status.value = "press Train"
+        else:
+            shown, line = self.result
+            c.status.value = line if c.density.value == shown else f"{line}; press Train to fit {c.density.value}"
+
+    def follow_kind(self, change: Any) -> None:
+        """A new model kind moves the sliders not moved by hand to its `DEFAULTS`."""
         old, new = DEFAULTS[change["old"]], DEFAULTS[change["new"]]
-        for key, slider in sliders.items():
-            if math.isclose(slider.value, old[key], rel_tol=1e-6):  # not moved by hand
+        for key, slider in self.c.sliders.items():
+            if math.isclose(slider.value, old[key], rel_tol=1e-6):
                 slider.value = new[key]
 
-    def on_train(_: Any = None) -> None:
-        name, chosen_kind, total = density_w.value, model_w.value, steps_w.value
-        state["training"] = True
-        for widget in controls:
-            widget.disabled = True
+    def on_train(self, _: Any = None) -> None:
+        """Train with the controls' values (`train_playground`), the controls disabled meanwhile."""
+        c = self.c
+        name, total = c.density.value, c.steps.value
+        self._enable(False)
         try:
-            progress.max, progress.value = total, 0
-
-            def report(step: int, loss: float) -> None:
-                progress.value = step
-                status.value = f"step {step}/{total}, train loss {loss:.3f} nats"
-
-            run = train_playground(name, chosen_kind, couplings_w.value, hidden_w.value, total, lr_w.value,
-                                   n_train=n_train, n_test=n_test, batch_size=batch_size, seed=seed,
-                                   callback=report)
-            state["result"] = (name, run.status)
-            image.value = run.png
+            c.progress.max, c.progress.value = total, 0
+            run = train_playground(name, c.model.value, c.couplings.value, c.hidden.value, total, c.lr.value,
+                                   n_train=self.data["n_train"], n_test=self.data["n_test"],
+                                   batch_size=self.data["batch_size"], seed=self.data["seed"],
+                                   callback=lambda step, loss: self._report(step, loss, total))
+            self.result = (name, run.status)
+            c.plot.value = run.png
         except Exception as err:  # keep the UI alive and say what went wrong
-            status.value = f"<b>error:</b> {type(err).__name__}: {err}"
+            c.status.value = f"<b>error:</b> {type(err).__name__}: {err}"
             raise
         finally:
-            state["training"] = False
-            for widget in controls:
-                widget.disabled = False
-        show_data()
+            self._enable(True)
+        self.show_data()
 
-    show_data()
-    density_w.observe(show_data, names="value")
-    model_w.observe(follow_kind, names="value")
-    button.on_click(on_train)
-    box = w.VBox([w.VBox(settings + [w.HBox([button, progress]), status]), image])
-    box.add_class(c["root"])
-    box.parts = parts  # direct access for tests and readers
+    def _report(self, step: int, loss: float, total: int) -> None:
+        self.c.progress.value = step
+        self.c.status.value = f"step {step}/{total}, train loss {loss:.3f} nats"
 
-    def picture(quick: bool = False) -> tuple[bytes, str]:
+    def _enable(self, enabled: bool) -> None:
+        self.training = not enabled
+        for widget in self.c.settings + [self.c.train]:
+            widget.disabled = not enabled
+
+    def picture(self, quick: bool = False) -> tuple[bytes, str]:
         """Press Train (for at most ``QUICK_STEPS`` steps when ``quick``); the picture and what it shows."""
-        chosen = steps_w.value
+        c = self.c
+        chosen = c.steps.value
         if quick:  # the slider goes back to the chosen value, for the reader's next Train
-            steps_w.value = min(chosen, QUICK_STEPS)
-        described = (f"{couplings_w.value} couplings of width {hidden_w.value}, {steps_w.value} steps, "
-                     f"lr {_scientific(lr_w.value)}")
+            c.steps.value = min(chosen, QUICK_STEPS)
+        described = (f"{c.couplings.value} couplings of width {c.hidden.value}, {c.steps.value} steps, "
+                     f"lr {_scientific(c.lr.value)}")
         try:
-            on_train()
+            self.on_train()
         finally:
-            steps_w.value = chosen
-        return bytes(image.value), f"the playground after pressing Train with its settings ({described}): {status.value}"
-
-    box.picture = picture
-    return box
+            c.steps.value = chosen
+        return bytes(c.plot.value), f"the playground after pressing Train with its settings ({described}): {c.status.value}"
 
 
 def transform_playground(**initial: float) -> Any:
