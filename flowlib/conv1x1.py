@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flow import Flow
+from .flow import Flow, check_int
 
 __all__ = ["InvertibleConv1x1"]
 
@@ -44,6 +44,8 @@ class InvertibleConv1x1(Flow):
 
     def __init__(self, num_channels: int, seed: int = 0) -> None:
         super().__init__()
+        check_int("num_channels", num_channels)
+        check_int("seed", seed, least=0)
         self.num_channels = num_channels
         gen = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=gen))

@@ -1,4 +1,8 @@
-"""Variational dequantization: learned noise inside each level's cell (Flow++, section 3.1).
+"""Dequantization: 8-bit levels to a continuous variable, uniform or learned noise in each cell (Flow++, 3.1).
+
+Both dequantizers live here, uniform (`Dequantize`) and variational (`VariationalDequantize`): they are one
+bound, of which uniform noise is the special case :math:`q \\equiv 1`, and share its checks, so this module
+is longer than flowlib's others (about 300 lines) on purpose.
 
 Uniform dequantization (`Dequantize`) adds
 :math:`u \\sim U[0, 1)^D` to the 8-bit image :math:`x` and models
@@ -59,25 +63,72 @@ The conditioner nets start at zero, so :math:`h = \\varepsilon`: at
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flow import Flow, check_batched, check_shape, value_checks_enabled
+from .flow import Flow, check_batched, check_int, check_shape, value_checks_enabled
 from .masks import checkerboard_mask
 from .nets import ResidualConvNet
 
-__all__ = ["Dequantize", "VariationalDequantize", "ConditionalAffineCoupling", "BASES", "check_levels"]
+__all__ = ["Dequantize", "VariationalDequantize", "ConditionalAffineCoupling", "BASES", "check_levels",
+           "check_num_levels", "to_cell"]
+
+
+def check_num_levels(num_levels: int) -> None:
+    """Raise a `ValueError` unless ``num_levels`` is :math:`2^b`, the levels of ``b``-bit data (``b >= 1``).
+
+    A power of two keeps :math:`x / L` and :math:`(x + 1) / L` exact in
+    floating point, so every level's cell is exact and :math:`\\lfloor L y \\rfloor`
+    gives the level back (`to_cell`).
+
+    >>> check_num_levels(100)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_levels must be a power of two >= 2 (the 2**bits levels of bits-bit data), got 100
+    """
+    if (isinstance(num_levels, bool) or not isinstance(num_levels, Integral) or num_levels < 2
+            or num_levels & (num_levels - 1)):
+        raise ValueError(f"num_levels must be a power of two >= 2 (the 2**bits levels of bits-bit data), "
+                         f"got {num_levels!r}")
+
+
+def to_cell(x: Tensor, u: Tensor, num_levels: int) -> Tensor:
+    """:math:`y = (x + u) / L` for levels :math:`x` and noise :math:`u \\in [0, 1]`, inside the cell of :math:`x`.
+
+    In floating point :math:`x + u` rounds up to :math:`x + 1` when
+    :math:`1 - u` is below half the spacing of the dtype at :math:`x + 1`
+    (:math:`u > 1 - 2^{-17}` at :math:`x = 200` in float32), and a sigmoid
+    rounds to 1 (:math:`h > 16.6` in float32). So :math:`y` is clamped to
+    :math:`[x / L, \\mathrm{nextafter}((x + 1) / L, 0)]`: in the working dtype
+    :math:`x / L \\le y < (x + 1) / L` for every :math:`u`, hence
+    :math:`0 \\le y < 1` and :math:`\\lfloor L y \\rfloor = x` (:math:`L` a
+    power of two, `check_num_levels`).
+
+    >>> x, u = torch.tensor([[200.0, 255.0]]), torch.tensor([[1 - 2.0**-24, 1 - 2.0**-24]])  # largest float32 < 1
+    >>> torch.floor((x + u) / 256 * 256), torch.floor(to_cell(x, u, 256) * 256)
+    (tensor([[201., 256.]]), tensor([[200., 255.]]))
+    """
+    top = torch.nextafter((x + 1) / num_levels, torch.zeros_like(x))
+    return torch.minimum(torch.maximum((x + u) / num_levels, x / num_levels), top)
+
 
 def check_levels(x: Tensor, num_levels: int, name: str) -> None:
-    """Raise a `ValueError` unless ``x`` holds integer levels in ``[0, num_levels - 1]`` (when value checks run).
+    """Raise a `ValueError` unless ``x`` holds integer levels in ``[0, num_levels - 1]``.
+
+    The values are read only when value checks run; a bool tensor (a mask,
+    not levels) is refused always.
 
     >>> check_levels(torch.tensor([[0.5]]), 256, "Dequantize")
     Traceback (most recent call last):
     ...
     ValueError: Dequantize expects integer levels in [0, 255], got non-integer values (is the data already scaled to [0, 1]?)
     """
+    if x.dtype == torch.bool:
+        raise ValueError(f"{name} expects integer levels in [0, {num_levels - 1}] (uint8, int or float), "
+                         "got a bool tensor")
     if not value_checks_enabled():
         return
     top = num_levels - 1
@@ -97,8 +148,10 @@ class Dequantize(Flow):
     """Uniform dequantization of ``num_levels``-level data to ``[0, 1)``.
 
     :math:`y = (x + u) / L` with :math:`u \\sim U[0, 1)^D` and :math:`L` =
-    ``num_levels``, so :math:`\\log|\\det J| = -D \\log L` for every example,
+    ``num_levels`` (a power of two), so :math:`\\log|\\det J| = -D \\log L` for every example,
     and :math:`\\log P(x) \\ge \\mathbb E_u[\\log p(y)] - D \\log L`.
+    Every :math:`y` lies in its level's cell :math:`[x, x + 1) / L`, in the
+    working dtype too (`to_cell`), so :math:`0 \\le y < 1`.
 
     ``forward`` takes integer-valued data (uint8, int or float) in
     ``[0, num_levels - 1]`` with a batch dimension and at least one example;
@@ -118,8 +171,7 @@ class Dequantize(Flow):
 
     def __init__(self, num_levels: int = 256) -> None:
         super().__init__()
-        if num_levels < 2:
-            raise ValueError(f"num_levels must be at least 2, got {num_levels}")
+        check_num_levels(num_levels)
         self.num_levels = num_levels
         # Zero-size and not saved: it only carries the model's dtype (and device) through .to().
         self.register_buffer("dtype_anchor", torch.empty(0), persistent=False)
@@ -133,8 +185,7 @@ class Dequantize(Flow):
         check_batched(x, "Dequantize", nonempty=True)
         check_levels(x, self.num_levels, "Dequantize")
         x = x.to(self.dtype_anchor.dtype)
-        u = torch.rand_like(x)
-        return (x + u) / self.num_levels, self._log_det(x, x.dtype)
+        return to_cell(x, torch.rand_like(x), self.num_levels), self._log_det(x, x.dtype)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         check_batched(z, "Dequantize", nonempty=True)
@@ -235,16 +286,29 @@ class VariationalDequantize(Flow):
     alternating parity, nets of ``num_blocks`` residual blocks of
     ``hidden_channels`` that see :math:`x` scaled to :math:`[-1, 1]`), sets
     :math:`u = \\sigma(h)` and returns :math:`y = (x + u) / L`
-    (:math:`L` = ``num_levels``) with
+    (:math:`L` = ``num_levels``, a power of two; :math:`y` kept inside the
+    cell :math:`[x, x + 1) / L` in the working dtype, `to_cell`) with
 
     .. math:: \\log|\\det J| = -D \\log L - \\log q(u \\mid x).
 
     ``inverse(y)`` rounds down to the levels, :math:`x = \\lfloor L y \\rfloor`
     (clamped to ``[0, L - 1]``), recovers :math:`u = L y - x`, inverts the
     couplings for :math:`\\varepsilon` and returns :math:`D \\log L + \\log q(u \\mid x)`,
-    minus the forward's at matching points. :math:`u` is clamped into
-    :math:`(0, 1)` first, so a :math:`y` outside :math:`[0, 1)` (a sample of
-    the model) gets the log-det of the nearest point inside its cell.
+    minus the forward's at matching points. :math:`y` carries :math:`u` only
+    to :math:`r` = :math:`L` times the spacing of the dtype just below
+    :math:`(x + 1) / L` (in float32 :math:`2^{-24}` at level 0, :math:`2^{-16}`
+    at levels 128 to 255), so :math:`u` is clamped into :math:`[r, 1 - r]`:
+    a :math:`y` on or beyond the edge of its cell (a sample of the model, or
+    a forward :math:`u` closer to the edge than :math:`r`) gets the log-det of
+    the nearest point the dtype resolves inside the cell. Near the edges
+    :math:`\\log q` has slope about :math:`c / \\min(u, 1 - u)` (:math:`c \\ne 0` once
+    the couplings scale the tails), so an error :math:`\\delta` in the
+    :math:`u` a latent carries moves the inverse's log-det by about
+    :math:`c \\delta / \\min(u, 1 - u)`: in float32, where a model's round trip
+    moves :math:`u` by a few :math:`10^{-5}`, the inverse's log-det of a
+    pixel within :math:`10^{-4}` of its cell's edge is only a rough value,
+    and a pixel that close can even come back one level off. ``forward``,
+    which training and evaluation use, matches its float64 computation.
 
     The nets' last layers start at zero, so at initialisation :math:`h = \\varepsilon`
     and :math:`q` is the logit-normal density (narrower than the uniform: its
@@ -281,10 +345,9 @@ class VariationalDequantize(Flow):
             raise ValueError(f"base must be one of {BASES}, got {base!r}")
         self.base = base
         for name, value, least in (("channels", channels, 1), ("hidden_channels", hidden_channels, 1),
-                                   ("num_couplings", num_couplings, 1), ("num_blocks", num_blocks, 0),
-                                   ("num_levels", num_levels, 2)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+                                   ("num_couplings", num_couplings, 1), ("num_blocks", num_blocks, 0)):
+            check_int(name, value, least)
+        check_num_levels(num_levels)
         self.channels, self.num_levels = channels, num_levels
         self.couplings = nn.ModuleList(
             ConditionalAffineCoupling(channels, channels, k % 2, hidden_channels, num_blocks)
@@ -325,7 +388,10 @@ class VariationalDequantize(Flow):
     def _sample_base(self, like: Tensor) -> Tensor:
         if self.base == "normal":
             return torch.randn_like(like)
-        v = torch.rand_like(like).clamp_min(torch.finfo(like.dtype).tiny)
+        # rand draws v from the grid {0, step, ..., 1 - step} (step = eps / 2: 2^-24 in float32); moving 0 to
+        # step makes the draws symmetric, eps within +-logit(1 - step) (+-16.6 in float32), not down to -87.
+        step = torch.finfo(like.dtype).eps / 2
+        v = torch.rand_like(like).clamp(step, 1 - step)
         return torch.log(v) - torch.log1p(-v)  # the logistic quantile of a uniform draw
 
     def log_q(self, u: Tensor, x: Tensor) -> Tensor:
@@ -355,14 +421,14 @@ class VariationalDequantize(Flow):
         eps = self._sample_base(x)
         h, log_det_g = self.noise_to_logit(eps, x)
         log_q = self._log_base(eps) - log_det_g - _log_sigmoid_derivative(h)
-        y = (x + torch.sigmoid(h)) / self.num_levels
-        return y, -self._uniform_log_det(x) - log_q
+        return to_cell(x, torch.sigmoid(h), self.num_levels), -self._uniform_log_det(x) - log_q
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         check_batched(z, "VariationalDequantize", nonempty=True)
         check_shape(z, (self.channels, None, None), "VariationalDequantize.inverse")
         scaled = z * self.num_levels
         x = torch.floor(scaled).clamp(0, self.num_levels - 1)
-        info = torch.finfo(z.dtype)
-        u = (scaled - x).clamp(info.tiny, 1 - info.eps / 2)
+        top = (x + 1) / self.num_levels
+        r = (top - torch.nextafter(top, torch.zeros_like(top))) * self.num_levels  # u's resolution in the cell
+        u = torch.minimum(torch.maximum(scaled - x, r), 1 - r)
         return x, self._uniform_log_det(z) + self.log_q(u, x)

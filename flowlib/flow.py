@@ -14,15 +14,17 @@ Composition adds log-determinants (the chain rule):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from abc import ABCMeta, abstractmethod
 from contextlib import contextmanager
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "Flow", "Sequential", "check_shape", "value_checks", "value_checks_enabled",
+    "Flow", "Sequential", "check_shape", "check_int", "check_positive", "value_checks", "value_checks_enabled",
     "initialize_from_data", "data_init_enabled",
 ]
 
@@ -115,6 +117,40 @@ def check_shape(x: Tensor, event_shape: Sequence[int | None], name: str) -> None
     if not ok:
         want = ", ".join(["B"] + ["*" if e is None else str(e) for e in expected])
         raise ValueError(f"{name} expects input of shape ({want}), got {tuple(x.shape)}")
+
+
+def check_int(name: str, value: object, least: int = 1) -> None:
+    """Raise a `ValueError` unless ``value`` is an integer (Python or NumPy, not a bool) ``>= least``.
+
+    Sizes and counts (``hidden``, ``num_couplings``, ``num_levels``...) go
+    through it where they enter, so ``2.5`` or ``True`` fails there and not
+    deep inside torch.
+
+    >>> check_int("hidden", 2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: hidden must be an integer >= 1, got 2.5
+    >>> check_int("num_blocks", -1, least=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_blocks must be at least 0, got -1
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value!r}")
+
+
+def check_positive(name: str, value: object) -> None:
+    """Raise a `ValueError` unless ``value`` is a finite real number ``> 0`` (not a bool).
+
+    >>> check_positive("min_std", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: min_std must be a positive finite number, got nan
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_batched(x: Tensor, name: str) -> None:

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .dequantization import Dequantize, VariationalDequantize
 from .distributions import Prior, make_prior
-from .flow import Flow, check_shape, value_checks_enabled
+from .flow import Flow, Sequential, check_int, check_shape, value_checks_enabled
 from .metrics import bits_per_dim
 from .multiscale import MultiScale
 
@@ -77,6 +78,19 @@ class FlowModel(nn.Module):
             raise ValueError(f"this model's flow ({type(self.flow).__name__}) has no MultiScale stage")
         return found[0]
 
+    @property
+    def takes_levels(self) -> bool:
+        """Whether the flow starts with a dequantizer, so that ``log_prob`` takes integer levels (8-bit images).
+
+        >>> from flowlib.models import realnvp, realnvp_image
+        >>> realnvp(2).takes_levels, realnvp_image((1, 4, 4), num_scales=1, hidden_channels=2, num_blocks=0).takes_levels
+        (False, True)
+        """
+        first: nn.Module = self.flow
+        while isinstance(first, Sequential) and len(first):
+            first = first[0]
+        return isinstance(first, (Dequantize, VariationalDequantize))
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log_det)`` of the flow."""
         return self.flow(x)
@@ -88,8 +102,10 @@ class FlowModel(nn.Module):
     def log_prob(self, x: Tensor) -> Tensor:
         """:math:`\\log p_X(x)` in nats per example, shape ``(B,)``.
 
-        Integer input (8-bit images) is taken as is; floating-point input must
-        have the model's dtype and, with value checks on, be finite.
+        Integer input (8-bit images) is taken as is by a model that starts
+        with a dequantizer (`takes_levels`); floating-point input must have the
+        model's dtype and, with value checks on, be finite. A bool tensor (a
+        mask, not data) is refused.
 
         >>> from flowlib.models import realnvp
         >>> realnvp(2, 2, 8).log_prob(torch.zeros(1, 2, dtype=torch.float64))
@@ -100,6 +116,12 @@ class FlowModel(nn.Module):
         check_shape(x, self.event_shape, "FlowModel.log_prob")
         if x.shape[0] == 0:
             raise ValueError(f"FlowModel.log_prob expects a batch of at least one example, got shape {tuple(x.shape)}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"FlowModel.log_prob expects real data (floating point, or integer levels for a model "
+                             f"that starts with a dequantizer), got a tensor of dtype {x.dtype}")
+        if not x.is_floating_point() and not self.takes_levels:
+            raise ValueError(f"FlowModel.log_prob expects input of dtype {self.dtype} (the model's); integer data "
+                             f"(levels) is for a model that starts with a dequantizer, got {x.dtype}")
         if x.is_floating_point():
             if x.dtype != self.dtype:
                 raise ValueError(f"FlowModel.log_prob expects input of dtype {self.dtype} (the model's), "
@@ -127,8 +149,7 @@ class FlowModel(nn.Module):
         ...
         ValueError: temperature must be finite and >= 0, got -1.0
         """
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        check_int("n", n)
         if not (math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         z = self.prior.sample((n, *self.latent_shape), temperature, device=self.device,

@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .flow import check_int
+
 __all__ = ["alternating_mask", "half_mask", "checkerboard_mask", "channel_mask", "is_channelwise"]
 
 
@@ -48,8 +50,7 @@ def alternating_mask(dim: int, parity: int = 0) -> Tensor:
     tensor([ True, False,  True, False,  True])
     """
     _check_parity(parity)
-    if dim < 2:
-        raise ValueError(f"a coupling needs at least 2 dimensions, got dim={dim}")
+    check_int("dim", dim, least=2)  # a coupling needs both parts
     return (torch.arange(dim) % 2) == parity
 
 
@@ -60,8 +61,7 @@ def half_mask(dim: int, parity: int = 0) -> Tensor:
     tensor([False, False,  True,  True])
     """
     _check_parity(parity)
-    if dim < 2:
-        raise ValueError(f"a coupling needs at least 2 dimensions, got dim={dim}")
+    check_int("dim", dim, least=2)  # a coupling needs both parts
     first = torch.arange(dim) < dim // 2
     return first if parity == 0 else ~first
 
@@ -74,7 +74,9 @@ def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -
             [False,  True, False]])
     """
     _check_parity(parity)
-    if min(channels, height, width) < 1 or height * width < 2:
+    for name, value in (("channels", channels), ("height", height), ("width", width)):
+        check_int(name, value)
+    if height * width < 2:
         raise ValueError(f"checkerboard needs at least 2 pixels, got {(channels, height, width)}")
     ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
     board = (ij % 2) == parity
@@ -88,8 +90,9 @@ def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> Ten
     tensor([ True,  True, False, False])
     """
     _check_parity(parity)
-    if channels < 2:
-        raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
+    check_int("channels", channels, least=2)  # a channel mask needs both parts
+    check_int("height", height)
+    check_int("width", width)
     first = torch.arange(channels) < channels // 2
     first = first if parity == 0 else ~first
     return first[:, None, None].expand(channels, height, width).clone()

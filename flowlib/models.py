@@ -33,7 +33,7 @@ import torch
 
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import make_prior
-from .flow import Flow, Sequential
+from .flow import Flow, Sequential, check_int
 from .masks import alternating_mask, channel_mask, checkerboard_mask
 from .flow_model import FlowModel
 from .multiscale import MultiScale
@@ -54,6 +54,13 @@ __all__ = [
 # ----------------------------------------------------------------------------- vector models
 
 
+def _check_vector_model(dim: int, num_couplings: int, hidden: int, num_hidden_layers: int) -> None:
+    """The sizes of `nice` and `realnvp`: integers, ``dim >= 2`` (a coupling needs both parts), the rest ``>= 1``."""
+    check_int("dim", dim, least=2)
+    for name, value in (("num_couplings", num_couplings), ("hidden", hidden), ("num_hidden_layers", num_hidden_layers)):
+        check_int(name, value)
+
+
 def nice(
     dim: int, num_couplings: int = 4, hidden: int = 1000, num_hidden_layers: int = 5,
     prior: str = "logistic", dequantize: bool = False,
@@ -69,10 +76,7 @@ def nice(
     >>> sum(p.numel() for p in model.parameters())
     19158352
     """
-    if dim < 2:
-        raise ValueError(f"NICE needs dim >= 2, got {dim}")
-    if num_couplings < 1:
-        raise ValueError(f"num_couplings must be at least 1, got {num_couplings}")
+    _check_vector_model(dim, num_couplings, hidden, num_hidden_layers)
     layers: list[Flow] = [Dequantize()] if dequantize else []
     for k in range(num_couplings):
         mask = alternating_mask(dim, parity=k % 2)
@@ -93,8 +97,7 @@ def realnvp(
     >>> realnvp(2).sample(4).shape
     torch.Size([4, 2])
     """
-    if dim < 2:
-        raise ValueError(f"RealNVP needs dim >= 2, got {dim}")
+    _check_vector_model(dim, num_couplings, hidden, num_hidden_layers)
     layers: list[Flow] = []
     for k in range(num_couplings):
         mask = alternating_mask(dim, parity=k % 2)
@@ -123,6 +126,7 @@ def toy_model(
     """
     if kind not in ("nice", "realnvp"):
         raise ValueError(f"kind must be 'nice' or 'realnvp', got {kind!r}")
+    check_int("seed", seed, least=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "nice":
@@ -148,8 +152,9 @@ def _check_image_shape(shape: Sequence[int], num_scales: int) -> tuple[int, int,
     shape = tuple(shape)
     if len(shape) != 3:
         raise ValueError(f"shape must be (C, H, W), got {shape}")
-    if num_scales < 1:
-        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+    for size in shape:
+        check_int("shape", size)
+    check_int("num_scales", num_scales)
     factor = 2 ** (num_scales - 1)
     if shape[1] % factor or shape[2] % factor:
         raise ValueError(f"{num_scales} scales need H and W divisible by {factor}, got H={shape[1]}, W={shape[2]}")
@@ -211,6 +216,8 @@ def realnvp_image(
     (torch.Size([2]), 1)
     """
     shape = _check_image_shape(shape, num_scales)
+    check_int("hidden_channels", hidden_channels)
+    check_int("num_blocks", num_blocks, least=0)
     _check_dequantization(dequantization, preprocess)
     c, h, w = shape
     levels: list[Flow] = []
@@ -241,6 +248,8 @@ def realnvp_image_single_scale(
     ((4, 4, 4), torch.Size([2]))
     """
     c, h, w = _check_image_shape(shape, num_scales)
+    check_int("hidden_channels", hidden_channels)
+    check_int("num_blocks", num_blocks, least=0)
     layers: list[Flow] = [Dequantize(), Logit(alpha)]
     for _ in range(num_scales - 1):
         layers += [_checkerboard_coupling((c, h, w), k % 2, hidden_channels, num_blocks) for k in range(3)]
@@ -296,8 +305,9 @@ def glow(
     """
     if permutation not in GLOW_PERMUTATIONS:
         raise ValueError(f"permutation must be one of {GLOW_PERMUTATIONS}, got {permutation!r}")
-    if steps_per_scale < 1:
-        raise ValueError(f"steps_per_scale must be a positive integer, got {steps_per_scale}")
+    check_int("num_scales", num_scales)
+    check_int("steps_per_scale", steps_per_scale)
+    check_int("hidden_channels", hidden_channels)
     shape = _check_image_shape(shape, num_scales + 1)
     _check_dequantization(dequantization, preprocess)
     c, h, w = shape

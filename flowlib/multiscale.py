@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .flow import Flow, check_shape
+from .flow import Flow, check_int, check_shape
 
 __all__ = ["MultiScale"]
 
@@ -54,6 +54,10 @@ class MultiScale(Flow):
         self.levels = nn.ModuleList(levels)
         self.final = final
         self.input_shape = tuple(shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"shape must be (C, H, W), got {self.input_shape}")
+        for size in self.input_shape:
+            check_int("shape", size)
         c, h, w = self.input_shape
         self.latent_shapes: list[tuple[int, int, int]] = []
         self.level_shapes: list[tuple[int, int, int]] = []

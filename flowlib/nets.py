@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .flow import check_int
+
 __all__ = ["MLP", "ResidualConvNet", "GlowConvNet"]
 
 
@@ -54,8 +56,9 @@ class MLP(nn.Sequential):
         self, in_features: int, out_features: int, hidden: int = 256,
         num_hidden_layers: int = 2, zero_init: bool = True,
     ) -> None:
-        if num_hidden_layers < 1:
-            raise ValueError(f"num_hidden_layers must be at least 1, got {num_hidden_layers}")
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("hidden", hidden),
+                            ("num_hidden_layers", num_hidden_layers)):
+            check_int(name, value)
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_hidden_layers):
@@ -97,6 +100,10 @@ class ResidualConvNet(nn.Module):
         num_blocks: int = 4, zero_init: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("hidden_channels", hidden_channels)):
+            check_int(name, value)
+        check_int("num_blocks", num_blocks, least=0)
         self.inp = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden_channels) for _ in range(num_blocks)])
         self.out_norm = nn.BatchNorm2d(hidden_channels)
@@ -123,6 +130,9 @@ class GlowConvNet(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 512,
                  zero_init: bool = True) -> None:
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("hidden_channels", hidden_channels)):
+            check_int(name, value)
         out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
         if zero_init:
             nn.init.zeros_(out.weight)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .flow import Flow, data_init_enabled
+from .flow import Flow, check_int, check_positive, data_init_enabled
 
 __all__ = ["BatchNormFlow", "ActNorm"]
 
@@ -82,17 +82,24 @@ class BatchNormFlow(Flow):
 
     def __init__(self, num_features: int, momentum: float = 0.05, eps: float = 1e-4) -> None:
         super().__init__()
+        check_int("num_features", num_features)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+        check_positive("eps", eps)
         self.num_features, self.momentum, self.eps = num_features, momentum, eps
         self.log_gamma = nn.Parameter(torch.zeros(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
+    def _batch_statistics(self, x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor]:
+        """The batch's per-feature mean and biased variance (data parallelism takes the global batch's)."""
+        return x.mean(dims), x.var(dims, unbiased=False)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         dims, pixels = _reduce_dims(x, self.num_features, "BatchNormFlow")
         if self.training:
-            mean = x.mean(dims)
-            var = x.var(dims, unbiased=False)
+            mean, var = self._batch_statistics(x, dims)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
@@ -137,6 +144,7 @@ class ActNorm(Flow):
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
+        check_int("num_features", num_features)
         self.num_features = num_features
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .flow import Flow
+from .flow import Flow, check_int
 
 __all__ = ["Permutation", "ReversePermutation", "RandomPermutation"]
 
@@ -69,6 +69,7 @@ class ReversePermutation(Permutation):
     """
 
     def __init__(self, num_features: int) -> None:
+        check_int("num_features", num_features)
         super().__init__(torch.arange(num_features - 1, -1, -1))
 
 
@@ -80,5 +81,7 @@ class RandomPermutation(Permutation):
     """
 
     def __init__(self, num_features: int, seed: int = 0) -> None:
+        check_int("num_features", num_features)
+        check_int("seed", seed, least=0)
         gen = torch.Generator().manual_seed(seed)
         super().__init__(torch.randperm(num_features, generator=gen))

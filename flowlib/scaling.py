@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .flow import Flow, check_shape, data_init_enabled
+from .flow import Flow, check_int, check_positive, check_shape, data_init_enabled
 
 __all__ = ["DiagonalScaling"]
 
@@ -55,10 +55,12 @@ class DiagonalScaling(Flow):
 
     def __init__(self, shape: int | tuple[int, ...], init_std: float = 1.0, min_std: float = 1e-2) -> None:
         super().__init__()
-        if init_std <= 0 or min_std <= 0:
-            raise ValueError(f"init_std and min_std must be positive, got {init_std} and {min_std}")
+        check_positive("init_std", init_std)
+        check_positive("min_std", min_std)
+        self.event_shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (shape,)
+        for size in self.event_shape:
+            check_int("shape", size)  # a size of one example: an int, or each of (C, H, W)
         self.min_std = float(min_std)
-        self.event_shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.init_std = float(init_std)
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
         self.register_buffer("initialized", torch.tensor(False))

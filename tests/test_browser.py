@@ -82,16 +82,6 @@ CHAPTERS = ROOT / "chapters"
 CHAPTER = "02-additive-coupling.ipynb"
 SCREENSHOT_NAME = "browser-playground.png"
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-]
-INSTALL_HINT = ("needs Chromium and chromedriver from the system packages (/usr/bin/chromium, "
-                "/usr/bin/chromedriver; Debian: apt-get install chromium chromium-driver)")
-
 # Seconds. Run All covers the whole chapter in quick mode on a small CPU.
 SERVER_START_TIMEOUT = 60
 PAGE_TIMEOUT = 60
@@ -105,16 +95,12 @@ PLOT = "img.flowlib-plot, .flowlib-plot img"
 STATIC_CAPTION = "Run this cell in JupyterLab to use the widget"
 STDERR_MIME = "application/vnd.jupyter.stderr"
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -r requirements.txt)")
+from browser_support import CHROMEDRIVER, CHROMIUM, INSTALL_HINT, chromium, needs_chromium  # noqa: E402
 from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-needs_chromium = pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)), reason=INSTALL_HINT,
-)
 
 
 # ----------------------------------------------------------------------------- the server
@@ -290,22 +276,6 @@ def jupyterlab(root: Path, state: Path, figures: Path) -> Iterator[Server]:
 
 
 # ----------------------------------------------------------------------------- the browser
-
-
-@contextmanager
-def chromium(profile: Path) -> Iterator[Any]:
-    """Headless Chromium driven by the system chromedriver; quits on exit."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(CHROMEDRIVER, log_output=str(profile.parent / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver: Any, timeout: float, what: str, condition: Callable[[Any], Any]) -> Any:

@@ -6,7 +6,8 @@
 * the importance-weighted bound of `flowlib.training.evaluate.evaluate` against the exact
   probability of a level under a model whose CDF is known in closed form;
 * the options reach the image models, the config, the trainer and the CLI,
-  and bad arguments raise ValueErrors.
+  and bad arguments raise ValueErrors;
+* in float32, every level's noisy value stays inside its cell, and the layer's log-dets match float64.
 
 The conditioner nets start at zero (:math:`h = \\varepsilon`), so the
 checks perturb their weights first.
@@ -14,6 +15,7 @@ checks perturb their weights first.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -25,6 +27,7 @@ from torch import Tensor
 from flowlib import Dequantize, Flow, FlowModel, Sequential, VariationalDequantize
 from flowlib.training import cli
 from flowlib.training import config as Cfg
+from flowlib.training import loop as L
 from flowlib.training import train as T
 from flowlib.datasets.mnist import data_root, mnist_dir
 from flowlib.training.evaluate import evaluate, log_likelihood_sum
@@ -129,7 +132,7 @@ def test_round_trip_returns_the_levels_and_opposite_log_dets(dtype, mode, pertur
     assert torch.equal(x_back, x.to(dtype))
     # float64: they cancel to ~1e-13. float32: u = 256 y - x is recovered to ~2^-16 at the top levels,
     # which moves log q by up to ~1e-3 per image here.
-    tol = dict(rtol=0, atol=1e-9) if dtype == torch.float64 else dict(rtol=0, atol=2e-2)
+    tol = dict(rtol=0, atol=__import__("conftest").roundoff(lambda m, v: (lambda y, ld: m.inverse(y)[1] + ld)(*m(v)), layer, x, noise=[layer.logit_to_noise(torch.logit(256 * y - x_back), x_back)[0]]).bound.max().item())  # conftest.roundoff's bound at this forward's noise, recovered from y
     torch.testing.assert_close(inv_log_det, -log_det, **tol)
 
 
@@ -329,13 +332,13 @@ def test_eval_samples_config_and_cli(monkeypatch):
 @pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not available: set FLOWLIB_DATA")
 def test_trainer_uses_eval_samples_for_the_test_set_only(tmp_path, monkeypatch):
     calls = []
-    real = T.log_likelihood_sum
+    real = L.log_likelihood_sum
 
     def recording(*args, **kwargs):
         calls.append(kwargs.get("samples", 1))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "log_likelihood_sum", recording)
+    monkeypatch.setattr(L, "log_likelihood_sum", recording)
     config = Cfg.make_config(
         "realnvp", "quick", out_dir=str(tmp_path / "run"), train_size=64, eval_size=16, epochs=1, batch_size=32,
         eval_batch_size=16, precision="fp32", eval_samples=3,
@@ -365,13 +368,116 @@ def test_trainer_uses_eval_samples_for_the_test_set_only(tmp_path, monkeypatch):
     (lambda: VariationalDequantize(3)(torch.zeros(2, 1, 2, 2)), r"expects input of shape \(B, 3, \*, \*\)"),
     (lambda: VariationalDequantize(1)(torch.zeros(2, 1, 1, 1)), r"at least 2 pixels"),
     (lambda: VariationalDequantize(1)(torch.zeros(0, 1, 2, 2)), r"at least one example"),
-    (lambda: VariationalDequantize(0), r"channels must be an integer >= 1, got 0"),
-    (lambda: VariationalDequantize(1, num_couplings=0), r"num_couplings must be an integer >= 1, got 0"),
-    (lambda: VariationalDequantize(1, hidden_channels=0), r"hidden_channels must be an integer >= 1, got 0"),
-    (lambda: VariationalDequantize(1, num_blocks=-1), r"num_blocks must be an integer >= 0, got -1"),
+    (lambda: VariationalDequantize(0), r"channels must be at least 1, got 0"),
+    (lambda: VariationalDequantize(1, num_couplings=0), r"num_couplings must be at least 1, got 0"),
+    (lambda: VariationalDequantize(1, hidden_channels=0), r"hidden_channels must be at least 1, got 0"),
+    (lambda: VariationalDequantize(1, num_blocks=-1), r"num_blocks must be at least 0, got -1"),
     (lambda: VariationalDequantize(1, base="uniform"), r"base must be one of \('normal', 'logistic'\), got 'uniform'"),
     (lambda: Cfg.make_config("realnvp", "quick", eval_samples=0), r"eval_samples must be a positive integer"),
 ])
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------- (f) float32: cells and edges
+
+LEVELS = torch.arange(256.0).reshape(1, 1, 16, 16)  # every level of 8-bit data, once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layer_kind", ["uniform", "variational"])
+def test_every_level_stays_inside_its_cell_with_noise_next_to_1(dtype, layer_kind, monkeypatch):
+    """y = (x + u) / 256 in [x, x + 1) / 256 for all 256 levels x, with u at the largest float below 1 (or 1).
+
+    Uniform: u = 1 - eps/2, the largest value torch.rand gives. Variational (untrained, logistic base, so
+    h = eps): h = logit(1 - eps/2), whose sigmoid is within a rounding of 1, and h = 40, whose sigmoid is
+    exactly 1.0 in both dtypes. Unclamped, x + u rounds up to x + 1 in every level x >= 1 (the spacing
+    of floats at x + 1 is at least 2 eps > 2 (1 - u)), so y would reach the next level and, at x = 255, 1.0.
+    """
+    x = LEVELS.to(dtype)
+    top = 1 - torch.finfo(dtype).eps / 2
+    if layer_kind == "uniform":
+        layer = Dequantize().to(dtype)
+        monkeypatch.setattr(torch, "rand_like", lambda like: torch.full_like(like, top))
+        noises = [None]
+    else:
+        layer = VariationalDequantize(1, hidden_channels=2, num_couplings=2, base="logistic").to(dtype).eval()
+        noises = [math.log(top) - math.log1p(-top), 40.0]
+    for h in noises:
+        if h is not None:
+            monkeypatch.setattr(layer, "_sample_base", lambda like, h=h: torch.full_like(like, h))
+        with torch.no_grad():
+            y, _ = layer(x)
+            x_back, _ = layer.inverse(y)
+        assert y.dtype == dtype
+        assert ((y >= x / 256) & (y < (x + 1) / 256) & (y < 1)).all()
+        assert torch.equal(torch.floor(y * 256), x) and torch.equal(x_back, x)
+
+
+def test_logistic_base_draws_are_symmetric(monkeypatch):
+    """The extreme uniform draws, 0 and the largest below 1, give opposite logistic noise (+-16.6 in float32).
+
+    Before, 0 was moved to the smallest normal float, 1.2e-38, and gave eps = -87.3 against +16.6 at the top.
+    """
+    layer = VariationalDequantize(1, base="logistic")
+    step = torch.finfo(torch.float32).eps / 2
+    monkeypatch.setattr(torch, "rand_like", lambda like: torch.tensor([0.0, 1 - step]))
+    eps = layer._sample_base(torch.zeros(2))
+    assert eps[0].item() == -eps[1].item() == pytest.approx(math.log(step / (1 - step)), rel=1e-6)
+
+
+def test_glow_dequantizer_in_float32_matches_float64(perturb, monkeypatch):
+    """The variational dequantizer of a Glow, float32 against float64, on all-0, all-255 and random images.
+
+    The same noise eps goes into a float32 layer and its float64 copy; four pixels of each image get
+    h = 18, -18, 12, -12 (u = sigmoid(h) at or beyond what float32 resolves in a cell: sigmoid(18) is 1.0
+    in float32, and at x = 255 the cell's spacing is 2^-16). Checked:
+
+    * forward: y inside each cell, and the log-det equals float64's;
+    * inverse of that y: the levels come back, and the log-det equals the float64 value of
+      D log 256 + log q(u | x) at the u that the float32 y carries, clamped into [r, 1 - r] with r the
+      spacing of float32 just below (x + 1) / 256, times 256 (the layer's documented convention).
+
+    Before, the forward's y of h = 18 rounded up to the next level (the inverse gave back x + 1), and
+    the inverse evaluated log q at u = 1.2e-38 (h = -87) where the y sat on its cell's edge: 45 to 147
+    nats off per image.
+
+    Tolerance: each log-det sums terms of size at most S = sum_d (|eps_d| + |h_d| + 2 log 4 + sum_k |a_k|)
+    (|log sigma'(t)| <= |t| + log 4; each coupling's |s| <= |a_k|); a float32 term carries a relative error
+    of about 2^-24 per rounding along its path, which has 4 couplings of about 4 roundings each (the
+    net's output, tanh or exp, the affine update), so 16 * 2^-24 * S (observed: below 2^-24 * S).
+    """
+    torch.manual_seed(0)
+    model = glow((1, 8, 8), num_scales=2, steps_per_scale=1, hidden_channels=4, dequantization="variational")
+    layer = model.flow[0]
+    perturb(layer, scale=0.05, seed=1)
+    layer.eval()
+    layer64 = copy.deepcopy(layer).double()
+    g = torch.Generator().manual_seed(0)
+    images = {"all-0": torch.zeros(4, 1, 8, 8), "all-255": torch.full((4, 1, 8, 8), 255.0),
+              "random": torch.randint(0, 256, (4, 1, 8, 8), generator=g).float()}
+    a = sum(c.scale.detach().double().abs().max().item() for c in layer64.couplings)
+    for name, x in images.items():
+        x = x.double()
+        v = torch.rand(x.shape, generator=g, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
+        h = torch.log(v) - torch.log1p(-v)
+        h[:, 0, 0, :4] = torch.tensor([18.0, -18.0, 12.0, -12.0])
+        with torch.no_grad():
+            eps, _ = layer64.logit_to_noise(h, x)  # the noise that gives these h
+            out = {}
+            for lay in (layer, layer64):
+                monkeypatch.setattr(lay, "_sample_base", lambda like, e=eps: e.to(like.dtype))
+                y, log_det = lay(x.to(lay.dtype))
+                x_back, inv_log_det = lay.inverse(y)
+                out[lay.dtype] = y, log_det.double(), x_back, inv_log_det.double()
+            y32, log_det32, x_back32, inv_log_det32 = out[torch.float32]
+            tol = 16 * 2.0**-24 * (eps.abs() + h.abs() + 2 * math.log(4) + a).flatten(1).sum(1)
+            assert ((y32 >= x / 256) & (y32 < (x + 1) / 256)).all(), name
+            assert torch.equal(x_back32.double(), x), name
+            assert ((log_det32 - out[torch.float64][1]).abs() <= tol).all(), name
+            top = ((x + 1) / 256).float()
+            r = ((top - torch.nextafter(top, torch.zeros_like(top))) * 256).double()
+            u = torch.minimum(torch.maximum(y32.double() * 256 - x, r), 1 - r)
+            reference = 64 * math.log(256) + layer64.log_q(u, x)
+            assert ((inv_log_det32 - reference).abs() <= tol).all(), name

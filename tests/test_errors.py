@@ -14,6 +14,8 @@ from flowlib import (
     ReversePermutation, Sequential, Squeeze, alternating_mask, channel_mask, checkerboard_mask,
     half_mask, log_abs_det_jacobian, make_prior, nice, realnvp, realnvp_image, value_checks,
 )
+from flowlib.dequantization import VariationalDequantize
+from flowlib.models import glow
 from flowlib.flow import initialize_from_data
 from flowlib.reshape import unsqueeze
 
@@ -156,11 +158,11 @@ def test_bad_parity_image(make):
 
 
 def test_masks_too_small():
-    with pytest.raises(ValueError, match="at least 2 dimensions, got dim=1"):
+    with pytest.raises(ValueError, match="dim must be at least 2, got 1"):
         alternating_mask(1)
-    with pytest.raises(ValueError, match="at least 2 dimensions, got dim=1"):
+    with pytest.raises(ValueError, match="dim must be at least 2, got 1"):
         half_mask(1)
-    with pytest.raises(ValueError, match="at least 2 channels, got 1"):
+    with pytest.raises(ValueError, match="channels must be at least 2, got 1"):
         channel_mask(1, 4, 4)
     with pytest.raises(ValueError, match=re.escape("at least 2 pixels, got (3, 1, 1)")):
         checkerboard_mask(3, 1, 1)
@@ -193,7 +195,7 @@ def test_dequantize_rejects_out_of_range_integers():
         Dequantize()(torch.tensor([[0, 300]]))
     with pytest.raises(ValueError, match=r"2-bit data, integers in \[0, 3\]; got values in \[0, 4\]"):
         Dequantize(num_levels=4)(torch.tensor([[0.0, 4.0]]))
-    with pytest.raises(ValueError, match="num_levels must be at least 2, got 1"):
+    with pytest.raises(ValueError, match=r"num_levels must be a power of two >= 2 \(the 2\*\*bits levels of bits-bit data\), got 1"):
         Dequantize(num_levels=1)
 
 
@@ -272,11 +274,11 @@ def test_bad_prior_name():
 
 
 def test_bad_preset_arguments():
-    with pytest.raises(ValueError, match="NICE needs dim >= 2, got 1"):
+    with pytest.raises(ValueError, match="dim must be at least 2, got 1"):
         nice(1)
     with pytest.raises(ValueError, match="num_couplings must be at least 1, got 0"):
         nice(4, num_couplings=0)
-    with pytest.raises(ValueError, match="RealNVP needs dim >= 2, got 1"):
+    with pytest.raises(ValueError, match="dim must be at least 2, got 1"):
         realnvp(1)
     with pytest.raises(ValueError, match="num_scales must be at least 1, got 0"):
         realnvp_image((1, 8, 8), num_scales=0)
@@ -382,3 +384,167 @@ def test_float64_image_model_takes_uint8_digits():
     assert log_prob.dtype == torch.float64 and log_prob.shape == (3,) and torch.isfinite(log_prob).all()
     torch.manual_seed(2)  # the same dequantization noise, on the data cast by hand
     torch.testing.assert_close(log_prob, model.log_prob(x.double()), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ training settings
+
+
+CLIP_MESSAGE = "clip_grad must be a positive finite number or None, got "
+
+
+@pytest.mark.parametrize("clip_grad", [-1.0, 0, 0.0, float("nan"), float("inf"), True])
+def test_clip_grad_is_none_or_positive_and_finite_wherever_it_enters(clip_grad):
+    """A negative bound scales the gradients by a negative factor (the steps climb the loss); 0 or NaN
+    turned clipping off without a word. The config, `fit` and `train_step` all refuse them."""
+    from flowlib.training.config import make_config
+    from flowlib.training.fit import fit, make_optimizer, train_step
+
+    message = re.escape(CLIP_MESSAGE + repr(clip_grad))
+    with pytest.raises(ValueError, match=message):
+        make_config("nice", "quick", clip_grad=clip_grad)
+    model, x = realnvp(2, num_couplings=2, hidden=4), torch.randn(64, 2)
+    with pytest.raises(ValueError, match=message):
+        fit(model, x, steps=1, batch_size=32, unit="nats", clip_grad=clip_grad)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        train_step(model, make_optimizer(model), x, clip_grad=clip_grad, unit="nats")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any step
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("checkpoint_minutes", float("nan"), "checkpoint_minutes must be a positive finite number, got nan"),
+    ("checkpoint_minutes", float("inf"), "checkpoint_minutes must be a positive finite number, got inf"),
+    ("checkpoint_minutes", 0.0, "checkpoint_minutes must be a positive finite number, got 0.0"),
+    ("checkpoint_minutes", -5.0, "checkpoint_minutes must be a positive finite number, got -5.0"),
+    ("eps", 0.0, "eps must be a positive finite number, got 0.0"),
+    ("eps", -1e-8, "eps must be a positive finite number, got -1e-08"),
+    ("weight_decay", -1e-5, "weight_decay must be a finite number >= 0, got -1e-05"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0, got nan"),
+    ("epochs", 1.5, "epochs must be a positive integer, got 1.5"),
+    ("epochs", True, "epochs must be a positive integer, got True"),
+    ("batch_size", 2.5, "batch_size must be a positive integer, got 2.5"),
+    ("eval_samples", 2.5, "eval_samples must be a positive integer, got 2.5"),
+    ("eval_batch_size", 10.0, "eval_batch_size must be a positive integer, got 10.0"),
+    ("log_every", 0.5, "log_every must be a positive integer, got 0.5"),
+    ("train_size", 100.5, "train_size must be a positive integer or None, got 100.5"),
+    ("max_steps", 2.5, "max_steps must be a positive integer or None, got 2.5"),
+    ("device", "tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    ("device", "cuda:x", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
+    ("betas", (0.9,), "betas must be in [0, 1), two decay rates (beta1, beta2); got (0.9,)"),
+    ("betas", (0.9, 0.99, 0.999), "betas must be in [0, 1), two decay rates (beta1, beta2); got (0.9, 0.99, 0.999)"),
+    ("lr", float("inf"), "lr must be a positive finite number, got inf"),
+    ("seed", 2**70, f"seed must be an integer in [0, 2**63), got {2**70}"),
+    ("seed", 2**63, f"seed must be an integer in [0, 2**63), got {2**63}"),
+    ("seed", -1, "seed must be an integer in [0, 2**63), got -1"),
+    ("seed", 1.5, "seed must be an integer in [0, 2**63), got 1.5"),
+    ("model_kwargs", [("hidden", 4)], "model_kwargs must be a dict of the model's keyword arguments, got [('hidden', 4)]"),
+    ("model_kwargs", "hidden=4", "model_kwargs must be a dict of the model's keyword arguments, got 'hidden=4'"),
+    ("out_dir", 3, "out_dir must be a path (str), got 3"),
+])
+def test_train_config_refuses_a_bad_field_where_it_is_made(field, value, message):
+    from flowlib.training.config import TrainConfig, make_config
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_config("nice", "quick", **{field: value})
+    with pytest.raises(ValueError, match=re.escape(message)):  # and a config made by hand
+        TrainConfig(**{field: value})
+
+
+def test_train_config_checks_model_dataset_and_preset():
+    from flowlib.training.config import TrainConfig, make_config
+
+    glow_on_toys = re.escape("glow is an image model: dataset must be 'mnist', got 'moons' "
+                             "(the 2D toy densities take the models ('nice', 'realnvp'))")
+    with pytest.raises(ValueError, match=glow_on_toys):
+        make_config("glow", dataset="moons")
+    with pytest.raises(ValueError, match=r"dataset must be 'mnist' or a 2D toy density \('two_moons', .*got 'moons'"):
+        make_config("nice", dataset="moons")
+    with pytest.raises(ValueError, match=r"preset must be one of \('paper', 'cpu', 'quick'\), got 'toy'"):
+        make_config("nice", "toy")  # the toys' sizes, never a preset of MNIST
+    with pytest.raises(ValueError, match=r"preset must be one of \('paper', 'cpu', 'quick'\), got 'huge'"):
+        TrainConfig(preset="huge")
+
+
+def test_fit_refuses_bad_settings_before_any_step():
+    from flowlib.training.fit import fit
+
+    model, x = realnvp(2, num_couplings=2, hidden=4), torch.randn(64, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for kwargs, message in [
+        (dict(steps=2.5), "steps must be an integer >= 1, got 2.5"),
+        (dict(batch_size=2.5), "batch_size must be an integer >= 1, got 2.5"),
+        (dict(eval_every=0), "eval_every must be at least 1, got 0"),
+        (dict(seed=2**70), f"seed must be an integer in [0, 2**63), got {2**70}"),
+        (dict(lr=float("nan")), "lr must be a positive finite number, got nan"),
+        (dict(eps=0.0), "eps must be a positive finite number, got 0.0"),
+        (dict(weight_decay=-1.0), "weight_decay must be a finite number >= 0, got -1.0"),
+        (dict(betas=(0.9,)), "betas must be in [0, 1), two decay rates (beta1, beta2); got (0.9,)"),
+        (dict(precision="fp16"), "precision must be one of ('auto', 'bf16', 'fp32'), got 'fp16'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fit(model, x, **{"steps": 1, "batch_size": 32, "unit": "nats", **kwargs})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ------------------------------------------------------------ layer and model sizes
+
+
+@pytest.mark.parametrize("build, message", [
+    pytest.param(lambda: MLP(2, 2, hidden=0), "hidden must be at least 1, got 0", id="mlp-hidden-0"),
+    pytest.param(lambda: MLP(2, 2, hidden=-1), "hidden must be at least 1, got -1", id="mlp-hidden-negative"),
+    pytest.param(lambda: MLP(2, 2, hidden=2.5), "hidden must be an integer >= 1, got 2.5", id="mlp-hidden-float"),
+    pytest.param(lambda: MLP(0, 2), "in_features must be at least 1, got 0", id="mlp-in-0"),
+    pytest.param(lambda: ResidualConvNet(2, 4, num_blocks=-1), "num_blocks must be at least 0, got -1",
+                 id="resnet-blocks-negative"),
+    pytest.param(lambda: ResidualConvNet(2, 4, hidden_channels=0), "hidden_channels must be at least 1, got 0",
+                 id="resnet-hidden-0"),
+    pytest.param(lambda: realnvp(2, num_couplings=0), "num_couplings must be at least 1, got 0",
+                 id="realnvp-couplings-0"),
+    pytest.param(lambda: realnvp(2, hidden=0), "hidden must be at least 1, got 0", id="realnvp-hidden-0"),
+    pytest.param(lambda: nice(4, hidden=-1), "hidden must be at least 1, got -1", id="nice-hidden-negative"),
+    pytest.param(lambda: nice(4, num_couplings=2.0), "num_couplings must be an integer >= 1, got 2.0",
+                 id="nice-couplings-float"),
+    pytest.param(lambda: realnvp_image((1, 8, 8), num_scales=2, num_blocks=-1), "num_blocks must be at least 0, got -1",
+                 id="realnvp-image-blocks-negative"),
+    pytest.param(lambda: glow((1, 8, 8), num_scales=0), "num_scales must be at least 1, got 0", id="glow-scales-0"),
+    pytest.param(lambda: glow((1, 8, 8), num_scales=2, hidden_channels=0), "hidden_channels must be at least 1, got 0",
+                 id="glow-hidden-0"),
+    pytest.param(lambda: ActNorm(0), "num_features must be at least 1, got 0", id="actnorm-0"),
+    pytest.param(lambda: BatchNormFlow(0), "num_features must be at least 1, got 0", id="batchnorm-0"),
+    pytest.param(lambda: BatchNormFlow(2, eps=0.0), "eps must be a positive finite number, got 0.0", id="batchnorm-eps"),
+    pytest.param(lambda: BatchNormFlow(2, momentum=1.5), "momentum must be a number in [0, 1], got 1.5",
+                 id="batchnorm-momentum"),
+    pytest.param(lambda: InvertibleConv1x1(0), "num_channels must be at least 1, got 0", id="conv1x1-0"),
+    pytest.param(lambda: DiagonalScaling(0), "shape must be at least 1, got 0", id="scaling-0"),
+    pytest.param(lambda: DiagonalScaling(2, min_std=float("nan")), "min_std must be a positive finite number, got nan",
+                 id="scaling-min-std-nan"),
+    pytest.param(lambda: ReversePermutation(0), "num_features must be at least 1, got 0", id="reverse-0"),
+    pytest.param(lambda: alternating_mask(2.5), "dim must be an integer >= 2, got 2.5", id="mask-float"),
+    pytest.param(lambda: Dequantize(2.5), "num_levels must be a power of two >= 2 (the 2**bits levels of bits-bit "
+                 "data), got 2.5", id="dequantize-float"),
+    pytest.param(lambda: Dequantize(100), "num_levels must be a power of two >= 2", id="dequantize-not-power-of-2"),
+    pytest.param(lambda: VariationalDequantize(1, num_levels=100), "num_levels must be a power of two >= 2",
+                 id="variational-not-power-of-2"),
+])
+def test_sizes_are_checked_where_they_enter(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
+
+
+def test_models_refuse_bool_and_integer_data_and_fractional_sample_counts():
+    image_model = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match=re.escape("got a tensor of dtype torch.bool")):
+        image_model.log_prob(mask)
+    with pytest.raises(ValueError, match=re.escape("Dequantize expects integer levels in [0, 255] (uint8, int or "
+                                                   "float), got a bool tensor")):
+        Dequantize()(mask.flatten(1))
+    with value_checks(False):  # a dtype check, not a value check: it runs without them too
+        with pytest.raises(ValueError, match="got a bool tensor"):
+            VariationalDequantize(1)(mask)
+    toy = realnvp(2, num_couplings=2, hidden=4)
+    with pytest.raises(ValueError, match=re.escape("integer data (levels) is for a model that starts with a "
+                                                   "dequantizer, got torch.int64")):
+        toy.log_prob(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=re.escape("n must be an integer >= 1, got 2.5")):
+        toy.sample(2.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,12 +15,16 @@ import pytest
 import torch
 
 from flowlib.training import checkpoint as C
+from flowlib.training.run_folder import RunLock
+from flowlib.training import distributed as D
 from flowlib.training import evaluate as E
 from flowlib.training import fit as F
 from flowlib.training import config as Cfg
 from flowlib.training import runs as R
+from flowlib.training import loop as L
 from flowlib.training import train as T
 from flowlib.datasets.mnist import data_root, mnist_dir
+from flowlib.flow_model import FlowModel
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_MNIST = (mnist_dir(data_root()) / "train-images-idx3-ubyte.gz").exists()
@@ -115,7 +120,7 @@ def test_signal_anywhere_then_resume_is_bit_identical(tmp_path, monkeypatch, whe
     T.train(mnist_config(tmp_path, "full"), progress=False)
     with monkeypatch.context() as m:
         if where == "log_prob":
-            _signal_at(m, T.FlowModel, "log_prob", call, signum)
+            _signal_at(m, FlowModel, "log_prob", call, signum)
         elif where == "optimizer_step":
             original = F.train_step
 
@@ -128,11 +133,11 @@ def test_signal_anywhere_then_resume_is_bit_identical(tmp_path, monkeypatch, whe
                 return loss
 
             calls: list[int] = []
-            m.setattr(T, "train_step", step_then_signal)
+            m.setattr(L, "train_step", step_then_signal)
         elif where == "validation":
-            _signal_at(m, T, "log_likelihood_sum", call, signum)
+            _signal_at(m, L, "log_likelihood_sum", call, signum)
         else:
-            _signal_at(m, T, "atomic_save", call, signum)
+            _signal_at(m, L, "atomic_save", call, signum)
         stopped = T.train(mnist_config(tmp_path, "part"), progress=False)
     assert stopped.interrupted and stopped.epochs_done < 3 and stopped.test_bpd is None
     resumed = T.train(mnist_config(tmp_path, "part"), resume=True, progress=False)
@@ -163,6 +168,59 @@ def test_real_ctrl_c_on_the_command_line_then_resume(tmp_path):
                              text=True, cwd=ROOT, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_final_evaluation_stops_cleanly_and_resume_finishes_it(tmp_path, signum):
+    """Ctrl-C or SIGTERM while the best model is scored on the test set: exit 130 with one line on how to
+    finish, no traceback, the lock released, the complete checkpoint kept; --resume with another
+    --eval-samples runs only the final evaluation and records its K."""
+    out = tmp_path / "run"
+    common = [sys.executable, "-m", "flowlib.training", "realnvp", "--dataset", "two_moons", "--preset", "cpu",
+              "--epochs", "1", "--batch-size", "1000", "--precision", "fp32", "--no-progress", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # this process's kernels, below
+    # 10 test chunks of 1000 points, 200 samples each: seconds per chunk, so the signal lands inside.
+    proc = subprocess.Popen(common + ["--eval-samples", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env)
+    for line in proc.stderr:
+        if line.startswith("Final evaluation"):
+            break
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Stopped during the final test evaluation" in err
+    assert "--resume" in err and f"python -m flowlib.training.rescore {out} --samples 200" in err
+    assert not (out / ".lock").exists() and not (out / "results.json").exists()
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1  # training is complete
+    resumed = subprocess.run(common + ["--resume", "--eval-samples", "2"], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint and not (out / ".lock").exists()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["eval_samples"] == 2 and not saved["interrupted"]
+    # A 2D toy has no noise: K = 2 equal terms score log p itself. Recomputed here with K = 1, in the trainer's
+    # float32 chunks (the same float32 values): float64 sums of the 10000 terms are within 10000 u of the exact
+    # sum relative to sum |log p| (u = 2**-53), the log-mean-exp of two equal terms within 2 u, bits/dim 2 u.
+    model, config = C.load_model(out / "best.pt")
+    with torch.no_grad():
+        log_p = torch.cat([model.log_prob(c).double() for c in Cfg.load_dataset(config)["test"].split(1000)])
+    tol = (log_p.numel() + 4) * 2.0**-53 * log_p.abs().mean().item() / (model.num_dims * math.log(2))
+    assert abs(saved["test_bpd"] - (-log_p.mean().item() / (model.num_dims * math.log(2)))) <= tol
+
+
+def test_train_state_is_a_dataclass_saved_as_a_plain_dict(tmp_path):
+    state = L.TrainState()
+    with pytest.raises(AttributeError):
+        state.step_in_epcoh = 3  # a typo is an error, not a new key
+    saved = T.train(toy_config(tmp_path, epochs=1), progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert type(ckpt["state"]) is dict and ckpt["state"]["run_id"] == saved.run_id
+    restored = L.TrainState.from_dict(ckpt["state"], Path("checkpoint.pt"))
+    assert (restored.epoch, restored.steps, restored.history) == (1, saved.steps, ckpt["state"]["history"])
+    with pytest.raises(C.CheckpointError, match=r"unknown fields \['epochs'\]"):
+        L.TrainState.from_dict({**ckpt["state"], "epochs": 3}, Path("checkpoint.pt"))
 
 
 def test_keyboard_interrupt_from_a_callback_saves_and_resumes(tmp_path):
@@ -250,7 +308,7 @@ def test_default_run_folder_names_the_changed_fields():
 def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
     config = toy_config(tmp_path)
     Path(config.out_dir).mkdir(parents=True)
-    with C.RunLock(config.out_dir):
+    with RunLock(config.out_dir):
         with pytest.raises(C.CheckpointError, match="in use by another trainer"):
             T.train(config, progress=False)
     # A lock left by a dead process (kill -9) is taken over.
@@ -313,16 +371,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     T.train(toy_config(tmp_path, epochs=1), progress=False)
     ckpt = Path(tmp_path / "run" / "checkpoint.pt")
     before = ckpt.read_bytes()
-    original = T.FlowModel.log_prob
-    monkeypatch.setattr(T.FlowModel, "log_prob", lambda self, x: original(self, x) * float("nan"))
+    original = FlowModel.log_prob
+    monkeypatch.setattr(FlowModel, "log_prob", lambda self, x: original(self, x) * float("nan"))
     with pytest.raises(T.TrainingDiverged, match="kept the last good checkpoint"):
         T.train(toy_config(tmp_path, epochs=2), resume=True, progress=False)
     assert ckpt.read_bytes() == before
 
 
 def test_nan_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch):
-    original = T.FlowModel.log_prob
-    monkeypatch.setattr(T.FlowModel, "log_prob", lambda self, x: original(self, x) * float("nan"))
+    original = FlowModel.log_prob
+    monkeypatch.setattr(FlowModel, "log_prob", lambda self, x: original(self, x) * float("nan"))
     with pytest.raises(T.TrainingDiverged, match="no checkpoint had been written yet"):
         T.train(toy_config(tmp_path), progress=False)
 
@@ -369,22 +427,173 @@ def test_cli_runs_and_reports(tmp_path):
     assert "test" in proc.stdout and (out / "results.json").exists()
 
 
+def _torchrun(processes: int) -> list[str]:
+    """The command that launches ``python -m flowlib.training`` in ``processes`` processes (gloo on CPUs)."""
+    if processes == 1:
+        return [sys.executable, "-m", "flowlib.training"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "flowlib.training"]
+
+
+def _trainer(processes: int, args: list[str], out: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(_torchrun(processes) + args + ["--out", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_data_parallel_matches_single_process(tmp_path):
-    """2 CPU processes on gloo, global batch 64 = single process with batch 64."""
+    """2 CPU processes on gloo, global batch 64 = single process with batch 64 (a 2D toy: no noise, no batch norm)."""
     common = ["realnvp", "--dataset", "two_moons", "--preset", "quick", "--no-progress", "--device", "cpu",
               "--epochs", "1", "--batch-size", "64", "--precision", "fp32"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    single = subprocess.run([sys.executable, "-m", "flowlib.training", *common, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "flowlib.training", *common, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _trainer(1, common, tmp_path / "one")
+    _trainer(2, common, tmp_path / "two")
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert a["state"]["steps"] == b["state"]["steps"] > 0
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+# A float32 sum of n terms is within n * u of the exact sum, relative to the sum of the terms' magnitudes
+# (u = 2**-24; Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., eq. 4.4, worst case).
+# The largest sums of the models below are RealNVP's batch-norm statistics and convolution gradients at
+# 28 x 28, over the global batch of 32 images: n = 32 * 28 * 28. One process and two add them in different orders.
+MNIST_SUM_TOL = 32 * 28 * 28 * 2.0**-24  # 1.5e-3
+LR = 1e-3  # the quick preset's Adam learning rate
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
+    return ((a.double() - b.double()).abs().max() / scale).item() if a.numel() else 0.0
+
+
+def _compare_runs(one: dict, two: dict, first_step: bool) -> None:
+    """checkpoint.pt of a 1-process and a 2-process run at the same step: what must agree, and how well.
+
+    * the random state, exactly: both consumed the noise of the same global batches;
+    * every batch-norm running variance, and Adam's moments (the gradients' running averages), to
+      `MNIST_SUM_TOL` relative to their largest entry: they are sums over the global batch;
+    * after the first step, the parameters to ``LR * MNIST_SUM_TOL``: Adam's first update is
+      ``lr * g / (|g| + eps)``, which a relative change ``eta`` of ``g`` moves by at most ``lr * eta``, and
+      the coupling nets' last layers start at zero, so no gradient reaches the layers before them yet.
+      From the second step on, a parameter the loss does not depend on (a convolution bias that feeds a
+      batch norm) has a gradient of pure roundoff, which Adam normalises into moves of up to ``lr`` per step
+      in a direction the summation order picks, in any two float32 runs; so are the running means that
+      follow such biases. There only the running variances (blind to such shifts) and the moments compare.
+    """
+    assert torch.equal(one["rng"]["cpu"], two["rng"]["cpu"])
+    for key in ("epoch", "step_in_epoch", "steps", "loss_count"):
+        assert one["state"][key] == two["state"][key], key
+    for name, value in one["model"].items():
+        if not value.is_floating_point():  # step counters, ActNorm's "initialized"
+            assert torch.equal(value, two["model"][name]), name
+        elif name.endswith("running_var") or (first_step and name.endswith("running_mean")):
+            assert _relative_error(value, two["model"][name], value.abs().max().item()) < MNIST_SUM_TOL, name
+        elif first_step and not name.endswith("running_mean"):  # a parameter
+            assert _relative_error(value, two["model"][name], 1.0) < LR * MNIST_SUM_TOL, name
+    moments_a, moments_b = one["optimizer"]["state"], two["optimizer"]["state"]
+    for moment in ("exp_avg", "exp_avg_sq"):
+        scale = max(v[moment].abs().max().item() for v in moments_a.values())
+        for i in moments_a:
+            assert _relative_error(moments_a[i][moment], moments_b[i][moment], scale) < MNIST_SUM_TOL, (moment, i)
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["realnvp", "glow"])
+def test_two_processes_train_on_mnist_as_one_process(tmp_path, model):
+    """torchrun, 2 processes on gloo = 1 process with the same global batch, on MNIST: the dequantization
+    noise, RealNVP's batch norms (in its coupling nets), Glow's ActNorm started from the data; after the first
+    step, and after both runs resume to step 3 (the next batches, Adam's moments, the running averages)."""
+    common = [model, "--preset", "quick", "--no-progress", "--device", "cpu", "--precision", "fp32",
+              "--epochs", "2"]
+    load = lambda run: torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)  # noqa: E731
+    for processes in (1, 2):
+        _trainer(processes, common + ["--max-steps", "1"], tmp_path / f"p{processes}")
+    _compare_runs(load("p1"), load("p2"), first_step=True)
+    for processes in (1, 2):
+        _trainer(processes, common + ["--max-steps", "3", "--resume"], tmp_path / f"p{processes}")
+    one, two = load("p1"), load("p2")
+    assert one["state"]["steps"] == 3
+    _compare_runs(one, two, first_step=False)
+    assert abs(one["state"]["loss_sum"] - two["state"]["loss_sum"]) < MNIST_SUM_TOL * abs(one["state"]["loss_sum"])
+
+
+def _local_share_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """One process of `test_local_share_is_the_single_process_step`: its step's results, saved."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, x = _local_share_model_and_batch()
+        results = _one_step(model, x, D.wrap_data_parallel(model, torch.device("cpu")))
+        D.all_reduce_sum(results["loss"]).div_(world)  # the mean of the halves' mean losses
+        torch.save(results, Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _one_step(model: FlowModel, x: torch.Tensor, net: torch.nn.Module | None = None) -> dict:
+    """The mean negative log-likelihood of ``x`` (the global batch), backpropagated as the trainer's step does,
+    through ``net`` (`flowlib.training.distributed.wrap_data_parallel`) when given; in the model's dtype."""
+    torch.manual_seed(1)
+    if net is None:
+        log_p = model.log_prob(x)
+    else:
+        z, log_det = net(x)
+        log_p = model.prior.log_prob(z) + log_det
+    loss = -log_p.mean()
+    loss.backward()
+    return {"loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()},
+            "buffers": dict(model.named_buffers()), "rng": torch.get_rng_state()}
+
+
+def _local_share_model_and_batch() -> tuple[FlowModel, torch.Tensor]:
+    """Variational dequantization (batch norms in its nets), logit, BatchNormFlow, a coupling with batch norms,
+    BatchNormFlow; float64, every parameter away from its initial value; a global batch of 8 images."""
+    from flowlib import AffineCoupling, BatchNormFlow, Sequential
+    from flowlib.dequantization import VariationalDequantize
+    from flowlib.logit import Logit
+    from flowlib.masks import checkerboard_mask
+    from flowlib.nets import ResidualConvNet
+
+    torch.manual_seed(0)  # the layers' initial weights
+    g = torch.Generator().manual_seed(0)
+    net = ResidualConvNet(1, 2, hidden_channels=4, num_blocks=1)
+    flow = Sequential(VariationalDequantize(1, hidden_channels=4, num_couplings=2), Logit(0.05), BatchNormFlow(1),
+                      AffineCoupling(checkerboard_mask(1, 4, 4, 0), net), BatchNormFlow(1))
+    model = FlowModel(flow, "normal", (1, 4, 4)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model, torch.randint(0, 256, (8, 1, 4, 4), generator=g, dtype=torch.uint8)
+
+
+def test_local_share_is_the_single_process_step(tmp_path):
+    """2 processes, each its half of a global batch inside DDP, against 1 process on the whole batch (float64):
+    the same noise (the dequantizer runs on the whole batch), the global batch's statistics in every batch norm
+    after it (BatchNorm2d and BatchNormFlow), and the same gradients, loss, running averages and random state."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_local_share_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    reference = _one_step(*_local_share_model_and_batch())
+    # float64 sums over at most the batch's 8 * 4 * 4 = 128 values per channel are within 128 * 2**-53 of their
+    # exact value relative to the magnitude of their terms (Higham eq. 4.4), one process's order or two's. The
+    # terms are taken at the scale of the largest entry of their kind: of any parameter's gradient (a bias that
+    # feeds a batch norm has a gradient of pure roundoff, no scale of its own), of each running average.
+    tol = 128 * 2.0**-53
+    grad_scale = max(g.abs().max().item() for g in reference["grads"].values())
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(got["rng"], reference["rng"])
+        assert _relative_error(got["loss"], reference["loss"], abs(reference["loss"].item())) < tol
+        for name, grad in reference["grads"].items():
+            assert _relative_error(got["grads"][name], grad, grad_scale) < tol, (rank, name)
+        for name, buffer in reference["buffers"].items():
+            if not buffer.is_floating_point() or not buffer.numel():  # masks, counters: exact
+                assert torch.equal(got["buffers"][name], buffer), (rank, name)
+            else:
+                assert _relative_error(got["buffers"][name], buffer, buffer.abs().max().item()) < tol, (rank, name)

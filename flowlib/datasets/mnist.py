@@ -224,6 +224,21 @@ def _save_cache(path: Path, images: Tensor, labels: Tensor) -> None:
         pass
 
 
+def _check_folders(raw_dir: Path, from_env: bool) -> None:
+    """Raise ValueError when the data root or a folder below it (``MNIST``, ``raw``) is a file.
+
+    ``from_env``: the data root came from ``$FLOWLIB_DATA``, and the message says so.
+    """
+    root = raw_dir.parent.parent
+    for folder in (root, raw_dir.parent, raw_dir):
+        if folder.exists() and not folder.is_dir():
+            if from_env and folder == root:
+                raise ValueError(f"$FLOWLIB_DATA: {folder} is a file, not a folder; set FLOWLIB_DATA to the "
+                                 f"folder that holds (or will hold) MNIST/raw/")
+            raise ValueError(f"{folder} is a file, not a folder: MNIST is read from {raw_dir}; "
+                             f"move the file away or choose another data root")
+
+
 # ----------------------------------------------------------------------------- public loaders
 
 
@@ -241,7 +256,8 @@ def load_mnist(split: str = "train", root: str | Path | None = None, download: b
         ``0..9``.
 
     Raises:
-        ValueError: unknown split, or a corrupt or truncated file.
+        ValueError: unknown split, a corrupt or truncated file, or a data
+            root (``$FLOWLIB_DATA`` or ``root``) that is a file, not a folder.
         FileNotFoundError: files missing and not downloadable; the message
             lists the full paths where they are expected.
 
@@ -253,6 +269,7 @@ def load_mnist(split: str = "train", root: str | Path | None = None, download: b
     if split not in MNIST_FILES:
         raise ValueError(f"split must be one of {sorted(MNIST_FILES)}, got {split!r}")
     raw_dir = mnist_dir(root)
+    _check_folders(raw_dir, from_env=root is None and bool(os.environ.get("FLOWLIB_DATA")))
     cache = _cache_path(raw_dir, split)
     cached = _load_cache(cache, split)
     if cached is not None:

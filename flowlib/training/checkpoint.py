@@ -4,39 +4,51 @@
   renames it over the target, so a reader sees the old file or the new one,
   never half of one; a failure (disk full, no permission) names the path and
   the cause and removes the temporary file.
-* `check_writable` tries the folder and the free space before any compute
-  is spent.
-* `RunLock` keeps two trainers out of one run folder.
+* Every checkpoint carries a SHA-256 of its contents (key ``"sha256"``:
+  type, dtype, shape and bytes of every tensor, and every key and plain
+  value), so damaged bytes are found when it is read, never loaded.
+* The run folder itself (free space, lock, moving an old run aside) is
+  `flowlib.training.run_folder`'s.
 * `load_checkpoint` reads with ``torch.load(weights_only=True)``: tensors and
-  plain containers only, no pickled code.
+  plain containers only, no pickled code; then it checks the SHA-256.
+  `load_results` reads ``results.json``. Each failure is a `CheckpointError`
+  naming the file.
 * `rng_state` / `set_rng_state`: the random state that makes a resumed run
   draw the same dequantization noise as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
+import json
 import os
 import shutil
-import socket
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig, build_model, config_from_dict
+from .config import TrainConfig, TrainResult, build_model, config_from_dict
 from ..files import write_atomically
 
-__all__ = ["CheckpointError", "atomic_save", "atomic_write_text", "check_writable", "state_bytes", "RunLock",
-           "move_run_aside", "check_best", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "atomic_save", "atomic_write_text", "state_bytes",
+           "check_best", "load_checkpoint", "load_config", "load_model", "model_from_checkpoint",
+           "load_results", "rng_state", "set_rng_state"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint or results file could not be written or read; the message names the path and the cause."""
+
+
+def _cause(e: BaseException) -> str:
+    """``"Type: first line of the message"`` (200 characters at most), or the type alone when it says nothing.
+
+    >>> _cause(EOFError()), _cause(ValueError("bad\\nmore"))
+    ('EOFError', 'ValueError: bad')
+    """
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _write(path: Path, write: Any) -> None:
@@ -44,15 +56,58 @@ def _write(path: Path, write: Any) -> None:
     try:
         write_atomically(path, write)
     except (OSError, RuntimeError) as e:
-        cause = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e).splitlines()[0]
+        cause = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else _cause(e)
         if isinstance(e, RuntimeError) and path.parent.exists():
             free = shutil.disk_usage(path.parent).free
             cause += f" (free space in {path.parent}: {free / 2**20:.0f} MiB)"
         raise CheckpointError(f"could not write {path}: {cause}") from e
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (unique temporary file, then rename).
+_DIGEST_KEY = "sha256"
+
+
+def _hash(h: Any, v: Any) -> None:
+    """Add ``v`` to the hash ``h``: a type tag and the contents (a tensor's dtype, shape and bytes).
+
+    Lengths are hashed before contents, so two different objects never hash the same bytes.
+    """
+    if isinstance(v, Tensor):
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{v.dtype}{tuple(v.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy())
+    elif isinstance(v, dict):
+        h.update(f"D{len(v)}:".encode())
+        for key, value in v.items():
+            _hash(h, key)
+            _hash(h, value)
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{'L' if isinstance(v, list) else 'U'}{len(v)}:".encode())
+        for item in v:
+            _hash(h, item)
+    elif isinstance(v, (str, bytes)):
+        raw = v.encode() if isinstance(v, str) else v
+        h.update(f"{type(v).__name__}{len(raw)}:".encode() + raw)
+    elif isinstance(v, float):
+        h.update(f"f{v.hex()};".encode())
+    elif v is None or isinstance(v, (bool, int, torch.dtype, torch.device)):
+        h.update(f"{type(v).__name__}{v};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds tensors and plain values only, not {type(v).__name__}")
+
+
+def _digest(obj: dict[str, Any]) -> str:
+    """The SHA-256 (hex) of a checkpoint's contents, wherever its tensors lie."""
+    h = hashlib.sha256()
+    _hash(h, obj)
+    return h.hexdigest()
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (unique temporary file, then rename), with a checksum.
+
+    ``obj`` is saved with one more key, ``"sha256"``: the SHA-256 of its
+    contents, which `load_checkpoint` checks. ``torch.load`` reads the file
+    as any other (the extra key aside).
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -60,7 +115,10 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     >>> sorted(p.name for p in folder.iterdir()), load_checkpoint(folder / "a.pt")["x"]
     (['a.pt'], tensor([1., 1.]))
     """
-    _write(Path(path), lambda f: torch.save(obj, f))
+    if not isinstance(obj, dict) or _DIGEST_KEY in obj:
+        raise TypeError(f"a checkpoint is a dict without a {_DIGEST_KEY!r} key, got {type(obj).__name__}")
+    stored = {**obj, _DIGEST_KEY: _digest(obj)}
+    _write(Path(path), lambda f: torch.save(stored, f))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
@@ -88,121 +146,6 @@ def state_bytes(*modules_or_optimizers: nn.Module | torch.optim.Optimizer) -> in
     return total
 
 
-def check_writable(folder: str | Path, needed_bytes: int = 0) -> None:
-    """Raise `CheckpointError` now, before training, if ``folder`` cannot take files of ``needed_bytes``.
-
-    Creates the folder, writes and removes a probe file, and compares the free
-    space with ``needed_bytes`` (a checkpoint is written next to the previous
-    one before the rename, so twice its size can be needed).
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder) as probe:
-            probe.write(b"ok")
-    except OSError as e:
-        raise CheckpointError(f"cannot write to the run folder {folder}: {os.strerror(e.errno or errno.EIO)}") from e
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
-        raise CheckpointError(f"not enough free space in {folder}: checkpoints need about "
-                              f"{needed_bytes / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free")
-
-
-class RunLock:
-    """An exclusive lock on a run folder (``.lock`` holding the owner's host and pid).
-
-    A second trainer on the same folder gets a `CheckpointError` naming the
-    owner; a lock left by a process that no longer runs (kill -9) is taken over.
-
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> with RunLock(folder):
-    ...     RunLock(folder).acquire()
-    Traceback (most recent call last):
-    ...
-    flowlib.training.checkpoint.CheckpointError: run folder ... is in use by another trainer (pid ...); ...
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / ".lock"
-        self.held = False
-
-    def _owner(self) -> tuple[str, int] | None:
-        try:
-            host, pid = self.path.read_text().split()
-            return host, int(pid)
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self) -> None:
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner[0] == socket.gethostname() and not _alive(owner[1]):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                who = f"pid {owner[1]} on {owner[0]}" if owner else "unknown owner"
-                raise CheckpointError(
-                    f"run folder {self.path.parent} is in use by another trainer ({who}); "
-                    f"wait for it, or choose another folder (--out). If no trainer runs, delete {self.path}.")
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def move_run_aside(out: Path, names: tuple[str, ...]) -> Path | None:
-    """Move an earlier run's files in ``out`` into ``out/replaced-<time>/`` (never overwrite a run); say so.
-
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp()); _ = (folder / "best.pt").write_text("x")
-    >>> aside = move_run_aside(folder, ("best.pt", "results.json"))  # says so on stderr
-    >>> sorted(p.name for p in aside.iterdir()), (folder / "best.pt").exists()
-    (['best.pt'], False)
-    """
-    present = [name for name in names if (out / name).exists()]
-    if not present:
-        return None
-    stamp, n = time.strftime("replaced-%Y%m%d-%H%M%S"), 1
-    aside = out / stamp
-    while aside.exists():
-        n += 1
-        aside = out / f"{stamp}-{n}"
-    aside.mkdir()
-    for name in present:
-        (out / name).rename(aside / name)
-    print(f"Starting afresh: the earlier run's files in {out} were moved to {aside.name}/ "
-          f"(pass resume=True / --resume to continue a run instead).", file=sys.stderr)
-    return aside
-
-
 def check_best(path: Path, run_id: str) -> None:
     """Raise `CheckpointError` unless ``path`` (``best.pt``) exists and belongs to run ``run_id``."""
     best = load_checkpoint(path) if path.exists() else None
@@ -213,24 +156,89 @@ def check_best(path: Path, run_id: str) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a missing or unreadable file is a `CheckpointError`."""
+    """Read a checkpoint written by `atomic_save` and check its SHA-256; returns it without the ``"sha256"`` key.
+
+    Reads with ``weights_only=True``. A missing, unreadable or damaged file
+    is a `CheckpointError` naming it, and so is a file without a checksum:
+    checkpoints written before flowlib checksummed them are refused, not
+    trusted (train the run again; `flowlib.training.runs.run_or_load` does so).
+    """
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {path}") from e
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              f"it is damaged or not a flowlib checkpoint") from e
+        raise CheckpointError(f"cannot read {path} ({_cause(e)}); it is damaged or not a flowlib checkpoint") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a flowlib checkpoint")
+    stored = ckpt.pop(_DIGEST_KEY, None)
+    if stored is None:
+        raise CheckpointError(f"{path} has no checksum (written by an older flowlib), so it cannot be verified; "
+                              f"train the run again")
+    try:
+        ok = _digest(ckpt) == stored
+    except TypeError as e:
+        raise CheckpointError(f"{path} does not match its checksum ({e}): the file is damaged") from e
+    if not ok:
+        raise CheckpointError(f"{path} does not match its checksum: the file is damaged; train the run again "
+                              f"or restore the file from a copy")
+    return ckpt
+
+
+def load_config(saved: Any, path: str | Path) -> TrainConfig:
+    """The `TrainConfig` of a ``"config"`` entry read from ``path``; an invalid one is a `CheckpointError`."""
+    try:
+        return config_from_dict(saved)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} holds no valid trainer config ({_cause(e)}); "
+                              f"it is damaged or not a flowlib run file") from e
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """Rebuild a model from ``best.pt`` or ``checkpoint.pt``; returns ``(model in eval mode, config)``."""
-    ckpt = load_checkpoint(path, map_location)
-    config = config_from_dict(ckpt["config"])
-    model = build_model(config).to(map_location)
-    model.load_state_dict(ckpt["model"])
+    """Rebuild a model from ``best.pt`` or ``checkpoint.pt``; returns ``(model in eval mode, config)``.
+
+    Weights that do not fit the model its config describes are a `CheckpointError` naming the file.
+    """
+    return model_from_checkpoint(load_checkpoint(path, map_location), path, map_location)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path,
+                          map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """`load_model` for a checkpoint already read (by `load_checkpoint`) from ``path``."""
+    config = load_config(ckpt.get("config"), path)
+    try:
+        model = build_model(config).to(map_location)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the weights in {path} do not fit the {config.model} model its config describes "
+                              f"({_cause(e)}); the file is damaged or was written by another flowlib") from e
     return model.eval(), config
+
+
+#: The fields of results.json that `load_results` checks, and their JSON types.
+_RESULT_TYPES = {"config": (dict,), "run_id": (str,), "epochs_done": (int,), "test_bpd": (int, float, type(None))}
+
+
+def load_results(path: str | Path) -> TrainResult:
+    """Read a run's ``results.json``; a missing, invalid or incomplete file is a `CheckpointError` naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no results file at {path}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({_cause(e)}); it is damaged") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not a run's results (an object)")
+    wrong = [k for k, types in _RESULT_TYPES.items()
+             if isinstance(data.get(k), bool) or not isinstance(data.get(k, ...), types)]
+    if wrong:
+        raise CheckpointError(f"{path} lacks valid fields {wrong}; it is damaged or not a flowlib results file")
+    try:
+        return TrainResult.from_dict(data)
+    except TypeError as e:
+        raise CheckpointError(f"{path} is not a complete run result ({_cause(e)})") from e
 
 
 def rng_state(device: torch.device) -> dict[str, Tensor]:

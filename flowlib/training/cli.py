@@ -1,29 +1,40 @@
 """The trainer's command line: ``python -m flowlib.training MODEL --preset {paper,cpu,quick} [--resume] ...``.
 
-Exit status: 0 finished, 130 stopped by Ctrl-C/SIGTERM (resume with
-``--resume``), 2 bad settings, 3 the loss diverged, 4 a run-folder problem
-(not writable, in use, damaged checkpoint). Every error is one line naming
-what was expected and what came.
+Exit status (`EXIT_STATUS`, shown by ``--help``): 0 finished, 130 stopped by
+Ctrl-C/SIGTERM (resume with ``--resume``), 2 bad settings, 3 the loss
+diverged, 4 a run-folder or file problem (not writable, in use, damaged
+checkpoint). Every error is one line on stderr naming what was expected and
+what came (`flowlib.training.errors.print_error`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from .checkpoint import CheckpointError
-from .config import MODELS, make_config
+from .errors import print_error
+from .config import make_config
+from .presets import MODELS
 from .train import TrainingDiverged, train
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_STATUS"]
 
-_DESCRIPTION = "Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2D toy density by maximum likelihood (see flowlib.training.train)."
+_DESCRIPTION = ("Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2D toy density by maximum likelihood "
+                "(see flowlib.training.train).")
+
+#: The ``--help`` epilog: what each exit status means.
+EXIT_STATUS = """exit status:
+  0    finished (results.json written)
+  130  stopped by Ctrl-C or SIGTERM after saving a checkpoint: continue with --resume
+  2    bad settings (an invalid option value, no CUDA GPU, MNIST not found)
+  3    the loss diverged (NaN or Inf); the last good checkpoint is kept
+  4    a run-folder or file problem (not writable, in use by another trainer, a damaged checkpoint)"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``"""
-    p = argparse.ArgumentParser(prog="python -m flowlib.training", description=_DESCRIPTION)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flowlib.training", description=_DESCRIPTION, epilog=EXIT_STATUS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=list(MODELS))
     p.add_argument("--dataset", default="mnist", help="mnist or a 2D toy density name")
     p.add_argument("--preset", default="cpu", choices=["paper", "cpu", "quick"])
@@ -41,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="importance samples per test image in the final evaluation (default 1: the plain bound)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``; returns the exit status."""
+    args = _parser().parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, max_steps=args.max_steps, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples)
@@ -50,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                              **{k: v for k, v in fields.items() if v is not None})
         result = train(config, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 3
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CheckpointError, OSError) as e:
+        print_error(e)
         return 4
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.summary())

@@ -21,7 +21,11 @@ versions' defaults were β1 = 0.1, β2 = 0.001, today's 0.9 and 0.999): in
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +33,14 @@ import torch
 from torch import Tensor
 
 from ..files import runs_dir, shown_path
-from .fit import SCHEDULES
+from .presets import MODELS, PRESET_NAMES, PRESETS
+from ..datasets.toy import TOY_DENSITIES
+from .fit import SCHEDULES, check_adam, check_clip_grad, check_seed
 from .precision import PRECISIONS
 from ..flow_model import FlowModel
 from ..models import glow, nice, realnvp_image, toy_model
 __all__ = [
-    "TrainConfig", "TrainResult", "MODELS", "PRESETS", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
+    "TrainConfig", "TrainResult", "RESUMABLE_FIELDS", "make_config", "config_dict", "config_from_dict",
     "config_differences", "build_model", "load_dataset",
 ]
 
@@ -58,6 +64,11 @@ class TrainConfig:
     uses 1. It is not a resumable field: a finished run's ``results.json``
     holds the test number of one :math:`K`, and a run is never loaded under
     another (``-isK`` in the default folder name keeps them apart).
+
+    Every field is checked here, where the config is made (by hand, by
+    `make_config`, or from a saved dict): a bad value raises a `ValueError`
+    that names the field, what it may be and what came. Only what depends on
+    the machine (is there a CUDA GPU?) waits for the run to start.
     """
 
     model: str = "nice"
@@ -85,26 +96,31 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.model == "glow" and self.dataset != "mnist":
-            raise ValueError(f"glow is an image model: dataset must be 'mnist', got {self.dataset!r}")
+        _check_model_and_dataset(self.model, self.dataset)
+        _check_choice("preset", self.preset, PRESET_NAMES)
         for name in ("epochs", "batch_size", "eval_batch_size", "eval_samples", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("train_size", "eval_size", "max_steps"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {value}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        check_adam(self.lr, self.betas, self.eps, self.weight_decay)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        check_clip_grad(self.clip_grad)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ValueError(f"model_kwargs must be a dict of the model's keyword arguments, got {self.model_kwargs!r}")
+        check_seed(self.seed)
+        if not isinstance(self.out_dir, (str, os.PathLike)):
+            raise ValueError(f"out_dir must be a path (str), got {self.out_dir!r}")
+        self.out_dir = str(self.out_dir)
+        minutes = self.checkpoint_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, Real) or not (math.isfinite(minutes) and minutes > 0):
+            raise ValueError(f"checkpoint_minutes must be a positive finite number, got {minutes!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
 @dataclass
@@ -147,56 +163,28 @@ class TrainResult:
 #: Fields that may change when a run is resumed (more epochs, another device, ...).
 RESUMABLE_FIELDS = ("epochs", "max_steps", "out_dir", "device", "checkpoint_minutes", "log_every")
 
-_NICE_ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-4)
+#: The form of ``device``; whether that device exists is checked when a run starts.
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
-#: The models the trainer builds (`build_model`).
-MODELS = ("nice", "realnvp", "glow")
 
-PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # NICE (Dinh et al. 2015, section 5.1): 4 additive couplings, 5 x 1000 ReLU, logistic prior,
-    # Adam with lr 1e-3, momentum 0.9, beta2 "0.01" (= betas (0.9, 0.99) today), eps 1e-4.
-    # Batch 200 and up to 1500 epochs as in the authors' released code, best validation kept.
-    ("nice", "paper"): dict(epochs=1500, batch_size=200, checkpoint_minutes=10.0, log_every=250, **_NICE_ADAM),
-    # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (2,285 against
-    # 1,298 samples/s in fp32, 0.002 bits/dim apart after 1,250 steps: benchmarks/results/precision_check.md),
-    # 65 epochs with the learning rate on a cosine to 0.
-    ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
-    ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
-                            train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
-    # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
-    # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64.
-    # fp32: under bf16 autocast its validation bits/dim were 0.12 worse after 300 steps
-    # (benchmarks/results/precision_check.md), far more than NICE's 0.002.
-    ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
-                               model_kwargs=dict(hidden_channels=64, num_blocks=8),
-                               checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
-    # About 26 minutes on 2 cores, lr on a cosine to 0: 1.538 test bits/dim (results/realnvp-mnist-cpu.json);
-    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json).
-    ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
-                             schedule="cosine",
-                             model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
-    # Glow (Kingma & Dhariwal 2018, section 3): 2 scales (28x28 squeezes to 14x14, then 7x7) of
-    # ActNorm, 1x1 convolution and affine coupling steps. The paper has no MNIST model; "paper" uses its
-    # CIFAR-10 depth and width (32 steps per scale, 512 hidden channels) with Adam lr 1e-3, for a GPU.
-    ("glow", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32",
-                            model_kwargs=dict(steps_per_scale=32, hidden_channels=512),
-                            checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
-    # About 30 minutes on 2 cores, as the RealNVP cpu preset: 8 steps per scale, 96 hidden channels (276k
-    # parameters, 376 training images/s against RealNVP cpu's 150), 10 epochs, lr on a cosine to 0:
-    # 1.470 test bits/dim in 28.3 min (results/glow-mnist-cpu.json), against RealNVP cpu's 1.538 in 26.5.
-    ("glow", "cpu"): dict(epochs=10, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32", schedule="cosine",
-                          model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
-    ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
-                            model_kwargs=dict(steps_per_scale=2, hidden_channels=8),
-                            train_size=256, eval_size=128, log_every=2, eval_batch_size=128),
-    ("realnvp", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
-                               model_kwargs=dict(hidden_channels=8, num_blocks=1),
-                               train_size=256, eval_size=128, log_every=2, eval_batch_size=128),
-    # 2D toy densities (vector models).
-    ("nice", "toy"): dict(epochs=20, batch_size=256, lr=1e-3,
-                          model_kwargs=dict(num_couplings=6, hidden=64, num_hidden_layers=2)),
-    ("realnvp", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=64)),
-}
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_model_and_dataset(model: str, dataset: str) -> None:
+    """``model`` one of `MODELS`; ``dataset`` ``"mnist"`` or a 2D toy density, which glow does not take."""
+    _check_choice("model", model, MODELS)
+    if dataset != "mnist" and (model, "toy") not in PRESETS:
+        toy_models = tuple(m for m in MODELS if (m, "toy") in PRESETS)
+        raise ValueError(f"{model} is an image model: dataset must be 'mnist', got {dataset!r} "
+                         f"(the 2D toy densities take the models {toy_models})")
+    if not isinstance(dataset, str) or (dataset != "mnist" and dataset not in TOY_DENSITIES):
+        raise ValueError(f"dataset must be 'mnist' or a 2D toy density {TOY_DENSITIES}, got {dataset!r}")
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
@@ -211,6 +199,7 @@ def make_config(model: str = "nice", preset: str = "cpu", dataset: str = "mnist"
     every field that differs from the preset (``-lr0.003``, ``-seed1``...), so
     two different runs never share a folder by default.
     """
+    _check_model_and_dataset(model, dataset)
     kind = preset if dataset == "mnist" else "toy"
     if (model, kind) not in PRESETS:
         choices = sorted({p for (m, p) in PRESETS if m == model and p != "toy"})

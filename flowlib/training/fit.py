@@ -27,26 +27,79 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
 
-from ..flow import initialize_from_data, value_checks
+from ..flow import check_int, check_positive, initialize_from_data, value_checks
 from ..metrics import bits_per_dim
 from .evaluate import Evaluation, evaluate
-from .precision import autocast, model_device
+from .precision import PRECISIONS, autocast, model_device
 
-__all__ = ["SCHEDULES", "UNITS", "batches", "loss_scale", "make_optimizer", "learning_rate", "train_step", "FitResult",
-           "fit"]
+__all__ = ["SCHEDULES", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
+           "make_optimizer", "learning_rate", "train_step", "FitResult", "fit"]
 
 SCHEDULES = ("constant", "cosine")
 UNITS = ("bpd", "nats")
 
 
 
+#: Seeds are integers in ``[0, SEED_LIMIT)`` (torch takes at most 64 bits; one bit is kept for offsets).
+SEED_LIMIT = 2**63
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_clip_grad(clip_grad: float | None) -> None:
+    """``None`` (no clipping) or a positive finite number, the largest gradient norm.
+
+    A negative bound would make `torch.nn.utils.clip_grad_norm_` scale the
+    gradients by a negative factor (the steps climb the loss), and 0 or NaN
+    would turn clipping off without a word.
+
+    >>> check_clip_grad(-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip_grad must be a positive finite number or None, got -1.0
+    """
+    if clip_grad is not None and (isinstance(clip_grad, bool) or not isinstance(clip_grad, Real)
+                                  or not (math.isfinite(clip_grad) and clip_grad > 0)):
+        raise ValueError(f"clip_grad must be a positive finite number or None, got {clip_grad!r}")
+
+
+def check_adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """Adam's settings: ``lr`` and ``eps`` positive and finite, ``betas`` two decay rates in ``[0, 1)``,
+    ``weight_decay`` finite and ``>= 0``.
+
+    >>> check_adam(1e-3, (0.9,), 1e-8, 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: betas must be in [0, 1), two decay rates (beta1, beta2); got (0.9,)
+    """
+    check_positive("lr", lr)
+    pair = isinstance(betas, (tuple, list)) and len(betas) == 2
+    if not pair or not all(isinstance(b, Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be in [0, 1), two decay rates (beta1, beta2); got {betas!r}")
+    check_positive("eps", eps)
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, Real)
+            or not (math.isfinite(weight_decay) and weight_decay >= 0)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+
+
+def check_seed(seed: int) -> None:
+    """An integer in ``[0, SEED_LIMIT)`` (``2**63``).
+
+    >>> check_seed(2**70)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be an integer in [0, 2**63), got 1180591620717411303424
+    """
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
 def loss_scale(model: nn.Module, unit: str) -> float:
@@ -68,10 +121,10 @@ def make_optimizer(
 
     ``betas`` are today's decay rates (PyTorch, and Adam's final version). The
     first arXiv versions of Adam wrote :math:`\\beta` for one minus the decay,
-    so NICE's "β2 = 0.01" means ``betas[1] = 0.99`` here.
+    so NICE's "β2 = 0.01" means ``betas[1] = 0.99`` here. The settings are checked
+    (`check_adam`) before Adam is built.
     """
-    if not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
-        raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
+    check_adam(lr, betas, eps, weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -100,8 +153,10 @@ def train_step(
 
     ``net`` is what the forward pass runs through when it is not ``model``
     itself (a `DistributedDataParallel` wrapper, whose ``forward`` returns
-    ``(z, log_det)``).
+    ``(z, log_det)``). ``clip_grad`` is ``None`` (no clipping) or the largest
+    gradient norm, a positive finite number (`check_clip_grad`).
     """
+    check_clip_grad(clip_grad)
     scale = loss_scale(model, unit)
     with autocast(precision, x.device):
         if net is None:
@@ -112,7 +167,7 @@ def train_step(
     loss = -log_p.float().mean() * scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if clip_grad:
+    if clip_grad is not None:
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
     return loss.detach()
@@ -182,9 +237,17 @@ def fit(
     steps (default: 5 times in all) and ``test`` once at the end, both with
     `evaluate`. ``callback(step, mean loss since the last call)`` runs every
     ``callback_every`` steps and after the last (progress bars, widgets).
+    Every setting is checked before the first step.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    if eval_every is not None:
+        check_int("eval_every", eval_every)
+    check_int("callback_every", callback_every)
+    check_seed(seed)
+    check_clip_grad(clip_grad)  # Adam's settings: make_optimizer, below, before any step
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_choice("precision", precision, PRECISIONS)
     if train.dim() < 2 or train.shape[0] < batch_size:
         raise ValueError(f"train must have shape (N, ...) with N >= batch_size = {batch_size}, "
                          f"got {tuple(train.shape)}")

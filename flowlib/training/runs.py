@@ -5,16 +5,17 @@ the lowest validation bits/dim) and ``results.json`` (config, history, test
 numbers, hardware, wall time). All three carry the config and a run id;
 `run_or_load` returns a model only when they agree, so a model is never
 labelled with another run's numbers, and a missing or damaged file leads to a
-resume or a retrain (saying which), never to a stuck run.
+resume or a retrain (saying which), never to a stuck run: a damaged run's
+files are moved aside (``replaced-<time>/``) like a foreign run's, never
+overwritten.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model
+from .checkpoint import CheckpointError, load_checkpoint, load_config, load_model, load_results
 from ..files import shown_path
 from .config import TrainConfig, TrainResult, config_differences
 from .distributed import resolve_device
@@ -30,14 +31,16 @@ def _finished_run(config: TrainConfig) -> TrainResult | None:
     if not (out / "results.json").exists():
         return None
     try:
-        result = TrainResult.from_dict(json.loads((out / "results.json").read_text()))
+        result = load_results(out / "results.json")
+        saved = load_config(result.config, out / "results.json")
         best = load_checkpoint(out / "best.pt")
-    except (json.JSONDecodeError, TypeError, CheckpointError) as e:
+        best_config = load_config(best.get("config"), out / "best.pt")
+    except CheckpointError as e:
         print(f"Not loading {out}: {e}", file=sys.stderr)
         return None
-    if config_differences(result.config, config) or result.epochs_done < config.epochs:
+    if config_differences(saved, config) or result.epochs_done < config.epochs:
         return None
-    if best.get("run_id") != result.run_id or config_differences(best["config"], config):
+    if best.get("run_id") != result.run_id or config_differences(best_config, config):
         print(f"Not loading {out}: best.pt and results.json come from different runs.", file=sys.stderr)
         return None
     return result
@@ -57,7 +60,8 @@ def run_or_load(config: TrainConfig, progress: bool = True) -> tuple[FlowModel, 
         resume = False
         if (out / "checkpoint.pt").exists():
             try:
-                resume = not config_differences(load_checkpoint(out / "checkpoint.pt")["config"], config)
+                ckpt = load_checkpoint(out / "checkpoint.pt")
+                resume = not config_differences(load_config(ckpt.get("config"), out / "checkpoint.pt"), config)
             except CheckpointError as e:
                 print(f"{e}; training afresh.", file=sys.stderr)
         try:

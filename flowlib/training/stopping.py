@@ -6,8 +6,9 @@ batch-norm statistics moved), or right after ``optimizer.step()`` before the
 step was counted. A checkpoint taken there cannot be resumed exactly. So
 while a run trains, `stop_signals_to` replaces the handlers of SIGINT and
 SIGTERM by a `StopFlag` that only records the signal; the training loop reads
-it between steps and stops there, where the state is whole. A second signal
-raises ``KeyboardInterrupt`` at once, for a user who wants out now.
+it between steps, and the evaluations (validation, the final test) between
+batches, and stops there, where the state is whole. A second signal raises
+``KeyboardInterrupt`` at once, for a user who wants out now.
 
 >>> import os, signal
 >>> flag = StopFlag(quiet=True)
@@ -40,8 +41,8 @@ class StopFlag:
             raise KeyboardInterrupt("second interrupt: stopped without saving")
         self.signal = signal.Signals(signum).name
         if not self.quiet:
-            print(f"\n{self.signal}: stopping after this step and saving a checkpoint "
-                  f"(press Ctrl-C again to stop at once, without saving) ...", file=sys.stderr, flush=True)
+            print(f"\n{self.signal}: stopping after this step or evaluation batch, with a checkpoint to resume "
+                  f"from (press Ctrl-C again to stop at once, without saving) ...", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -1,0 +1,205 @@
+"""Build the book's website from the stored notebooks: ``python3 run.py site [--serve]``.
+
+Nothing is executed: every chapter shows the outputs it was stored with. The
+build copies the chapters into a scratch source folder (``build/site-src``,
+ignored by git) and changes the copies only in how they are shown:
+
+* a solution (a cell tagged ``solution``) is collapsed behind a line that
+  says only "Solution N.M": a markdown solution inside ``<details>``, a code
+  solution as a hidden cell whose toggle names it;
+* each chapter gets, under its title, a line saying how to run it locally;
+* the landing page gets the (hidden) table of contents that gives the
+  sidebar and the previous / next links;
+* links to files of the repository (results, benchmarks) point to the
+  site's own copies.
+
+The site's own pages (results, the trainer's guarantees, speed, the module
+guide) are ``docs/*.md``. MathJax is copied from the pinned
+``sphinx-mathjax-offline`` package into the site, so no page requests
+anything from another host. The build runs with warnings as errors; it
+writes ``site/`` (ignored by git) and prints the path of the front page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+CHAPTERS = ROOT / "chapters"
+SOURCE = ROOT / "build" / "site-src"
+OUT = ROOT / "site"
+FRONT = "00-index"
+#: The site's own pages, after the chapters and the bibliography, in this order.
+PAGES = ("results", "trainer", "speed", "flowlib")
+#: Folders of the repository the pages link to; copied into the site as they are.
+COPIED = ("results", "benchmarks")
+RUN_LOCALLY = ("*Run this chapter yourself: download the notebook with the download button at the top of the "
+               "page, or clone the book and run* `python3 run.py book` *(see the [contents](00-index.ipynb)).*")
+
+_SOLUTION = re.compile(r"Solution\s+(\d+\.\d+)")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def chapter_files() -> list[Path]:
+    """The notebooks of the book: the landing page, the chapters in order, the bibliography."""
+    return sorted(CHAPTERS.glob("[0-9][0-9]-*.ipynb")) + [CHAPTERS / "bibliography.ipynb"]
+
+
+def solution_name(cell: dict, previous: str | None) -> str:
+    """``"Solution 3.1"`` from a solution cell's text (its first mention of "Solution N.M"); a cell that names
+    none continues the ``previous`` solution."""
+    match = _SOLUTION.search("".join(cell["source"]))
+    if match is not None:
+        return f"Solution {match.group(1)}"
+    if previous is None:
+        raise ValueError(f"a cell tagged 'solution' names no 'Solution N.M': {''.join(cell['source'])[:80]!r}")
+    return previous.removesuffix(", continued") + ", continued"
+
+
+def show_solution_collapsed(cell: dict, name: str) -> dict:
+    """A solution cell as the site shows it: collapsed behind ``name``, nothing else visible."""
+    if cell["cell_type"] == "markdown":
+        body = "".join(cell["source"])
+        # An HTML block ends at a blank line, so the solution between the tags is read as markdown (with math).
+        cell["source"] = f'<details class="solution">\n<summary>{name}</summary>\n\n{body}\n\n</details>\n'
+    else:
+        cell["metadata"].setdefault("tags", []).append("hide-cell")
+        cell["metadata"]["mystnb"] = {"code_prompt_show": f"{name}: show the code and its output",
+                                      "code_prompt_hide": f"{name}: hide"}
+    return cell
+
+
+def without_widget_views(cell: dict) -> dict:
+    """Drop the live-widget part of each output (no widget state is stored); the picture and caption stay."""
+    for output in cell.get("outputs", []):
+        data = output.get("data")
+        if data and _WIDGET in data:
+            del data[_WIDGET]
+    return cell
+
+
+def _markdown_cell(text: str, cell_id: str) -> dict:
+    return {"cell_type": "markdown", "id": cell_id, "metadata": {}, "source": text}
+
+
+def table_of_contents(chapters: list[Path]) -> str:
+    """The hidden toctree of the landing page: every chapter, the bibliography, then the site's pages."""
+    entries = [p.stem for p in chapters if p.stem != FRONT] + list(PAGES)
+    return "```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "\n".join(entries) + "\n```\n"
+
+
+def _repository_links(text: str) -> str:
+    """``](../results/x.json)`` and the like point to the site's copy of that file, ``](../docs/results.md)``
+    to the site's page."""
+    for folder in COPIED:
+        text = text.replace(f"](../{folder}/", f"]({folder}/")
+    for page in PAGES:  # the site's own pages sit beside the chapters
+        text = text.replace(f"](../docs/{page}.md)", f"]({page}.md)")
+    return text
+
+
+def prepare_notebook(path: Path, toc: str) -> dict:
+    """The copy of one stored notebook that the site renders (see the module docstring)."""
+    nb = json.loads(path.read_text())
+    cells, name = [], None
+    for k, cell in enumerate(nb["cells"]):
+        cell = without_widget_views(cell)
+        if "solution" in cell.get("metadata", {}).get("tags", []):
+            name = solution_name(cell, name)
+            cell = show_solution_collapsed(cell, name)
+        if cell["cell_type"] == "markdown":
+            cell["source"] = _repository_links("".join(cell["source"]))
+        cells.append(cell)
+        if k == 0 and path.stem not in (FRONT, "bibliography"):
+            cells.append(_markdown_cell(RUN_LOCALLY, "site-run-locally"))
+    if path.stem == FRONT:
+        cells.append(_markdown_cell(toc, "site-contents"))
+    nb["cells"] = cells
+    return nb
+
+
+def mathjax_folder() -> Path:
+    """MathJax 3 (``tex-chtml.js`` and its woff fonts) as the pinned ``sphinx-mathjax-offline`` installs it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        folder = Path(distribution("sphinx-mathjax-offline").locate_file("sphinx-mathjax-offline/static/mathjax"))
+    except PackageNotFoundError:
+        folder = None
+    if folder is None or not (folder / "tex-chtml.js").is_file():
+        raise SystemExit("the site needs MathJax from the package sphinx-mathjax-offline (requirements.txt): "
+                         "run python3 run.py site, which installs it")
+    return folder
+
+
+def prepare(source: Path = SOURCE) -> Path:
+    """Write the site's source folder: conf.py, pages, static files, prepared notebooks."""
+    if source.exists():
+        shutil.rmtree(source)
+    shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns("build.py", "__pycache__"))
+    shutil.copytree(mathjax_folder(), source / "_static" / "mathjax")
+    shutil.copy(ROOT / "flowlib" / "README.md", source / "_flowlib-layout.md")  # included by flowlib.md
+    for folder in COPIED:  # a link to an existing file becomes a download link
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for record in (source / "benchmarks" / "results").glob("*.md"):  # a page needs a title
+        record.write_text(f"# Benchmark record: {record.stem}\n\n" + record.read_text())
+    chapters = chapter_files()
+    toc = table_of_contents(chapters)
+    for path in chapters:
+        (source / path.name).write_text(json.dumps(prepare_notebook(path, toc), indent=1, ensure_ascii=False))
+    return source
+
+
+def build(out: Path = OUT, source: Path = SOURCE) -> Path:
+    """Prepare the source and build the HTML with warnings as errors; the path of the front page.
+
+    Sphinx writes beside the source (myst-nb keeps its ``jupyter_execute`` folder next to the HTML folder),
+    then the finished HTML moves to ``out``.
+    """
+    from sphinx.cmd.build import build_main
+
+    prepare(source)
+    html = source.parent / "site-html"
+    for folder in (html, out):
+        if folder.exists():
+            shutil.rmtree(folder)
+    status = build_main(["-W", "--keep-going", "-q", "-b", "html", str(source), str(html)])
+    if status:
+        raise SystemExit(f"the site did not build (sphinx exit status {status}); the warnings are above")
+    shutil.move(html, out)
+    return out / "index.html"
+
+
+def serve(folder: Path, port: int = 8000) -> None:
+    """Serve ``folder`` on 127.0.0.1 until Ctrl-C."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        print(f"Serving the book at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 run.py site", description="Build the book's website into site/.")
+    p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 and print the URL")
+    p.add_argument("--port", type=int, default=8000)
+    args = p.parse_args(argv)
+    front = build()
+    print(f"Built the site: {front}", flush=True)
+    if args.serve:
+        serve(OUT, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

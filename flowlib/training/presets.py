@@ -1,0 +1,67 @@
+"""The trainer's presets: for each model, the ``paper``'s settings, a ``cpu`` budget of about half an hour on
+two cores, a seconds-long ``quick`` run for tests, and the 2D ``toy`` sizes; each with where its numbers come from.
+
+A preset is a dict of `flowlib.training.config.TrainConfig` fields; `make_config` starts from one and
+applies any override.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MODELS", "PRESET_NAMES", "PRESETS"]
+
+_NICE_ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-4)
+
+#: The models the trainer builds (`build_model`).
+MODELS = ("nice", "realnvp", "glow")
+
+#: The presets' names (``"toy"`` is the 2D toys' sizes, picked by ``dataset``, not a name).
+PRESET_NAMES = ("paper", "cpu", "quick")
+
+
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # NICE (Dinh et al. 2015, section 5.1): 4 additive couplings, 5 x 1000 ReLU, logistic prior,
+    # Adam with lr 1e-3, momentum 0.9, beta2 "0.01" (= betas (0.9, 0.99) today), eps 1e-4.
+    # Batch 200 and up to 1500 epochs as in the authors' released code, best validation kept.
+    ("nice", "paper"): dict(epochs=1500, batch_size=200, checkpoint_minutes=10.0, log_every=250, **_NICE_ADAM),
+    # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (2,285 against
+    # 1,298 samples/s in fp32, 0.002 bits/dim apart after 1,250 steps: benchmarks/results/precision_check.md),
+    # 65 epochs with the learning rate on a cosine to 0.
+    ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
+    ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
+                            train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
+    # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
+    # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64.
+    # fp32: under bf16 autocast its validation bits/dim were 0.12 worse after 300 steps
+    # (benchmarks/results/precision_check.md), far more than NICE's 0.002.
+    ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
+                               model_kwargs=dict(hidden_channels=64, num_blocks=8),
+                               checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
+    # About 26 minutes on 2 cores, lr on a cosine to 0: 1.538 test bits/dim (results/realnvp-mnist-cpu.json);
+    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json).
+    ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
+                             schedule="cosine",
+                             model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
+    # Glow (Kingma & Dhariwal 2018, section 3): 2 scales (28x28 squeezes to 14x14, then 7x7) of
+    # ActNorm, 1x1 convolution and affine coupling steps. The paper has no MNIST model; "paper" uses its
+    # CIFAR-10 depth and width (32 steps per scale, 512 hidden channels) with Adam lr 1e-3, for a GPU.
+    ("glow", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32",
+                            model_kwargs=dict(steps_per_scale=32, hidden_channels=512),
+                            checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
+    # About 30 minutes on 2 cores, as the RealNVP cpu preset: 8 steps per scale, 96 hidden channels (276k
+    # parameters, 376 training images/s against RealNVP cpu's 150), 10 epochs, lr on a cosine to 0:
+    # 1.470 test bits/dim in 28.3 min (results/glow-mnist-cpu.json), against RealNVP cpu's 1.538 in 26.5.
+    ("glow", "cpu"): dict(epochs=10, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32", schedule="cosine",
+                          model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
+    ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
+                            model_kwargs=dict(steps_per_scale=2, hidden_channels=8),
+                            train_size=256, eval_size=128, log_every=2, eval_batch_size=128),
+    ("realnvp", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
+                               model_kwargs=dict(hidden_channels=8, num_blocks=1),
+                               train_size=256, eval_size=128, log_every=2, eval_batch_size=128),
+    # 2D toy densities (vector models).
+    ("nice", "toy"): dict(epochs=20, batch_size=256, lr=1e-3,
+                          model_kwargs=dict(num_couplings=6, hidden=64, num_hidden_layers=2)),
+    ("realnvp", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=64)),
+}
