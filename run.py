@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Set up and run the book: ``python3 run.py book`` or ``python3 run.py test``.
+"""Set up and run the book: ``python3 run.py book``, ``python3 run.py test`` or ``python3 run.py test --fast``.
 
 Both commands create ``.venv`` beside this file on first use and install the
 pinned ``requirements.txt`` plus ``flowlib`` itself into it; they reinstall
@@ -13,6 +13,15 @@ no pop-up on first start) and no last-modified column (so the file browser
 has room for the chapters' names). Settings a reader changes still go to their
 own JupyterLab settings and take precedence. Extra arguments go to JupyterLab
 (``python3 run.py book --no-browser``).
+
+``test`` runs the full suite (what CI runs): unit tests, doctests, the
+chapters (nbval) and the browser test. ``test --fast`` runs the unit tests and
+doctests only: no chapters, no browser, no test marked ``slow`` (a few
+minutes on 2 cores). Extra arguments go to pytest
+(``python3 run.py test tests/test_layers.py -k round_trip``); without paths of
+their own, ``--fast`` collects ``flowlib`` and ``tests``. The tests run
+torch on ``FLOWLIB_TEST_THREADS`` threads (default 1); tests/README.md
+describes the tiers.
 """
 
 from __future__ import annotations
@@ -34,10 +43,23 @@ INDEX = "00-index.ipynb"  # the landing page, in chapters/
 LAB_SETTINGS = ROOT / "jupyter-config" / "lab" / "settings"  # holds overrides.json
 
 
+# pyproject.toml tables that do not change what is installed (editing them must not reinstall)
+_NOT_INSTALLED = ("[tool.pytest.ini_options]",)
+
+# What the fast tier leaves out: the chapters, the browser test and the slow tests (tests/README.md).
+FAST = ["-m", "not slow", "-o", "testpaths=flowlib tests",
+        "--ignore=tests/test_chapters.py", "--ignore=tests/test_browser.py"]
+
+
 def _fingerprint() -> str:
     h = hashlib.sha256()
-    for name in ("requirements.txt", "pyproject.toml"):
-        h.update((ROOT / name).read_bytes())
+    h.update((ROOT / "requirements.txt").read_bytes())
+    keep = True
+    for line in (ROOT / "pyproject.toml").read_text().splitlines():
+        if line.startswith("["):
+            keep = line.strip() not in _NOT_INSTALLED
+        if keep:
+            h.update(line.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -82,7 +104,10 @@ def main(argv: list[str]) -> int:
         env.setdefault("FLOWLIB_FIGURES", tempfile.mkdtemp(prefix="flowlib-figures-"))
         # ... and the suite fails if it changed any file git tracks (tests/conftest.py).
         env.setdefault("FLOWLIB_CHECK_TREE", "1")
-        cmd = [str(PYTHON), "-m", "pytest"] + argv[1:]
+        args = argv[1:]
+        if "--fast" in args:
+            args = FAST + [a for a in args if a != "--fast"]
+        cmd = [str(PYTHON), "-m", "pytest"] + args
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 

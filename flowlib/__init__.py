@@ -9,6 +9,7 @@ both return ``(tensor, log_det)`` with ``log_det`` of shape ``(B,)``.
 
 from __future__ import annotations
 
+from .autoregressive import MADE, MaskedAutoregressive, MaskedLinear
 from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .dequantization import Dequantize, VariationalDequantize
@@ -28,7 +29,8 @@ from .scaling import DiagonalScaling
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",
-    "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MLP", "MultiScale",
+    "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MADE", "MLP", "MaskedAutoregressive",
+    "MaskedLinear", "MultiScale",
     "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation",
     "Sequential", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize", "alternating_mask",
     "channel_mask", "check_shape", "checkerboard_mask",

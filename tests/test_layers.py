@@ -10,6 +10,7 @@ which would make every coupling the identity and the checks vacuous.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -27,6 +28,10 @@ from flowlib.distributions import make_prior
 from flowlib.flow import initialize_from_data
 from flowlib.masks import is_channelwise
 from flowlib.reshape import squeeze, unsqueeze
+
+from conftest import (
+    LAMBDA, assert_close_to_roundoff, assert_same_function, autograd_log_det, roundoff, slogdet_bound,
+)
 
 B = 3
 
@@ -168,34 +173,81 @@ def test_inverse_log_det_matches_autograd(name, dtype, perturb, assert_log_det):
     assert_log_det(flow, z, log_det, inverse=True)
 
 
-@pytest.mark.parametrize("name", INVERTIBLE_CASES)
-def test_round_trip_and_opposite_log_dets(name, perturb):
-    flow, x = make(name, torch.float64, perturb)
+def check_round_trip(flow: nn.Module, x: Tensor) -> None:
+    """``inverse(forward(x)) = x`` with opposite log-dets, and from the latent side, to within roundoff.
+
+    Each tolerance is `roundoff`'s bound for the same computation in ``x``'s dtype (see tests/conftest.py):
+    first-order in u = 2**-24 (float32) or 2**-53 (float64), every rounding amplified by its float64
+    sensitivity through the rest of the forward pass and the inverse.
+    """
     z, log_det = flow(x)
     x_back, inv_log_det = flow.inverse(z)
-    # In float64 every case comes back to within 1.1e-13 (values) and 1.9e-14
-    # (log-dets), the worst being the multi-scale case: 1e-12 leaves ~10x.
-    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-12)
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=1e-12)
+    values = roundoff(lambda m, v: m.inverse(m(v)[0])[0], flow, x)
+    assert_close_to_roundoff(x_back, x, values.bound, "inverse(forward(x))")
+    dets = roundoff(lambda m, v: (lambda z, ld: m.inverse(z)[1] + ld)(*m(v)), flow, x)
+    assert_close_to_roundoff(inv_log_det + log_det, torch.zeros_like(log_det), dets.bound, "log-det sum")
     # ... and starting from the latent side.
     w = torch.randn_like(z)
     x_w, inv_w = flow.inverse(w)
     w_back, fwd_w = flow(x_w)
-    torch.testing.assert_close(w_back, w, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fwd_w, -inv_w, rtol=0, atol=1e-12)
+    values = roundoff(lambda m, v: m(m.inverse(v)[0])[0], flow, w)
+    assert_close_to_roundoff(w_back, w, values.bound, "forward(inverse(w))")
+    dets = roundoff(lambda m, v: (lambda h, ld: m(h)[1] + ld)(*m.inverse(v)), flow, w)
+    assert_close_to_roundoff(fwd_w + inv_w, torch.zeros_like(inv_w), dets.bound, "log-det sum (latent side)")
+
+
+@pytest.mark.parametrize("name", INVERTIBLE_CASES)
+def test_round_trip_and_opposite_log_dets(name, perturb):
+    check_round_trip(*make(name, torch.float64, perturb))
 
 
 @pytest.mark.parametrize("name", INVERTIBLE_CASES)
 def test_round_trip_float32(name, perturb):
+    # The multi-scale case, two conv-net couplings deep with ||J^-1|| = 620, has the loosest bound (1.7e-2
+    # at its worst element); its measured error, 6.8e-5 (AMD, 1 thread) and 2e-4 (Intel AMX), is < 3% of it.
+    check_round_trip(*make(name, torch.float32, perturb))
+
+
+# Cases with parameters: the guard below shifts each of them.
+PARAMETRISED = [name for name in INVERTIBLE_CASES if not name.startswith(("permutation", "reverse", "random", "squeeze", "logit"))]
+# Cases whose log-det depends on the parameters (additive couplings are volume preserving).
+LOG_DET_PARAMETRISED = [name for name in PARAMETRISED if not name.startswith("additive")]
+
+
+@pytest.mark.parametrize("name", PARAMETRISED)
+def test_round_trip_check_catches_a_wrong_inverse(name, perturb):
+    """Guards the tolerances: an inverse with any one parameter tensor off by 1e-3 fails the round-trip check.
+
+    The bound is the correct flow's (the wrong pair's differs from it by a relative O(1e-3)). The tightest
+    case is the multi-scale flow's first coupling scale, caught with its error 1.08x the bound.
+    """
     flow, x = make(name, torch.float32, perturb)
-    z, log_det = flow(x)
-    x_back, inv_log_det = flow.inverse(z)
-    # Measured in float32: the multi-scale case (two conv-net couplings deep)
-    # comes back to within 6.8e-5, every other case within 1.5e-6; the
-    # log-dets agree to 8.6e-6 (multi-scale) and 5e-7 (others).
-    atol = 1e-4 if name == "multiscale" else 1e-5
-    torch.testing.assert_close(x_back, x, rtol=0, atol=atol)
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=5e-5)
+    z, _ = flow(x)
+    bound = roundoff(lambda m, v: m.inverse(m(v)[0])[0], flow, x).bound
+    names = [n for n, _ in flow.named_parameters()]
+    assert names
+    for pname in names:
+        wrong = copy.deepcopy(flow)
+        with torch.no_grad():
+            wrong.get_parameter(pname).add_(1e-3)
+        with pytest.raises(AssertionError, match="beyond their roundoff bound"):
+            assert_close_to_roundoff(wrong.inverse(z)[0], x, bound, pname)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", LOG_DET_PARAMETRISED)
+def test_log_det_check_catches_a_wrong_log_det(name, dtype, perturb, assert_log_det):
+    """Guards the autograd check: a log-det computed with the parameters off by 1e-3 fails it."""
+    flow, x = make(name, dtype, perturb)
+    wrong = copy.deepcopy(flow)
+    with torch.no_grad():
+        for p in wrong.parameters():
+            p.add_(1e-3)
+    with pytest.raises(AssertionError, match="beyond their roundoff bound"):
+        assert_log_det(flow, x, wrong(x)[1])
+    z, _ = flow(x)
+    with pytest.raises(AssertionError, match="beyond their roundoff bound"):
+        assert_log_det(flow, z, wrong.inverse(z)[1], inverse=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -207,8 +259,9 @@ def test_dequantize_round_trip_recovers_levels(name, dtype, perturb):
     assert not torch.equal(y * 256, x)  # noise was added
     x_back, inv_log_det = flow.inverse(y)
     assert torch.equal(x_back, x)
-    torch.testing.assert_close(log_det, torch.full((B,), -x[0].numel() * math.log(256), dtype=dtype))
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=0)
+    # -D log 256 is one Python float rounded once to the dtype, here and in the layer: equal bits.
+    assert torch.equal(log_det, torch.full((B,), -x[0].numel() * math.log(256), dtype=dtype))
+    assert torch.equal(inv_log_det, -log_det)
 
 
 def test_dequantize_uint8_and_levels(float64):
@@ -216,18 +269,19 @@ def test_dequantize_uint8_and_levels(float64):
     y, log_det = Dequantize()(x)
     assert y.dtype == torch.float64
     assert torch.equal(torch.floor(y * 256), x.double())
-    assert log_det.item() == pytest.approx(-3 * math.log(256))
+    assert log_det.item() == -3 * math.log(256)  # the same Python float, stored in float64: exact
     y4, log_det4 = Dequantize(num_levels=4)(torch.tensor([[0.0, 3.0]]))
     assert ((y4 >= torch.tensor([0.0, 0.75])) & (y4 < torch.tensor([0.25, 1.0]))).all()
-    assert log_det4.item() == pytest.approx(-2 * math.log(4))
+    assert log_det4.item() == -2 * math.log(4)
 
 
 def test_logit_values(float64):
     x = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
     z, log_det = Logit(alpha=0.1)(x)
-    p = 0.1 + 0.8 * x
-    torch.testing.assert_close(z, torch.log(p / (1 - p)))
-    torch.testing.assert_close(log_det, (math.log(0.8) - torch.log(p * (1 - p))).sum(1))
+    p = lambda v: 0.1 + 0.8 * v  # noqa: E731
+    assert_same_function(lambda m, v: m(v)[0], lambda m, v: torch.log(p(v) / (1 - p(v))), Logit(alpha=0.1), x)
+    assert_same_function(lambda m, v: m(v)[1], lambda m, v: (math.log(0.8) - torch.log(p(v) * (1 - p(v)))).sum(1),
+                         Logit(alpha=0.1), x, what="log-det")
 
 
 # ---------------------------------------------------------------- couplings
@@ -246,21 +300,28 @@ def test_coupling_jacobian_is_block_triangular(cls, mask_name, float64, perturb)
     jac = jacobian(lambda v: layer(v)[0], x)
     blocks = jac[:, order][:, :, order]  # (conditioning, transformed) ordering
     eye = lambda k: torch.eye(k).expand(B, k, k)  # noqa: E731
-    torch.testing.assert_close(blocks[:, :n, :n], eye(n), rtol=0, atol=1e-12)  # dy1/dx1 = I
+    # Exact: y1 copies x1 (or adds an exact 0 where the mask multiplies by 0), so autograd's entries are 1 and 0.
+    assert torch.equal(blocks[:, :n, :n], eye(n))  # dy1/dx1 = I
     assert torch.equal(blocks[:, :n, n:], torch.zeros_like(blocks[:, :n, n:]))  # dy1/dx2 = 0
     # y2 depends on x1 (the net is not trivial): after perturbation the largest
     # entry of this block is between 0.16 (additive-half0) and 5.6 in every case.
     assert blocks[:, n:, :n].abs().amax() > 0.1
     lower_right = blocks[:, n:, n:]
     if cls is AdditiveCoupling:
-        torch.testing.assert_close(lower_right, eye(len(trans)), rtol=0, atol=1e-12)
+        assert torch.equal(lower_right, eye(len(trans)))
         assert torch.equal(torch.diagonal(jac, dim1=1, dim2=2), torch.ones(B, flat.numel()))
     else:
         s, _ = layer.scale_and_shift(layer.split(x)[0])
         s_trans = s.flatten(1) if layer.by_index else s.flatten(1)[:, trans]
         assert s_trans.abs().amax() > 0.1  # measured: 0.42 to 1.2 across the masks
-        torch.testing.assert_close(lower_right, torch.diag_embed(torch.exp(s_trans)), rtol=0, atol=1e-12)
-        torch.testing.assert_close(layer(x)[1], s_trans.sum(1))
+        # exp(s), by autograd (under vmap) and here: each within the roundoff bound of computing exp(s).
+        exp_s = roundoff(lambda m, v: torch.exp(m.scale_and_shift(m.split(v)[0])[0]), layer, x)
+        bound = 2 * exp_s.bound.flatten(1) if layer.by_index else 2 * exp_s.bound.flatten(1)[:, trans]
+        assert torch.equal(lower_right, torch.diag_embed(torch.diagonal(lower_right, dim1=1, dim2=2)))
+        assert_close_to_roundoff(torch.diagonal(lower_right, dim1=1, dim2=2), torch.exp(s_trans), bound, "exp(s)")
+        select = (lambda s: s.flatten(1)) if layer.by_index else (lambda s: s.flatten(1)[:, trans])  # noqa: E731
+        assert_same_function(lambda m, v: m(v)[1], lambda m, v: select(m.scale_and_shift(m.split(v)[0])[0]).sum(1),
+                             layer, x, what="log-det")
 
 
 class Recorder(nn.Module):
@@ -289,7 +350,7 @@ def test_indexed_couplings_call_net_on_conditioning_part_only(cls, mask_name, pe
     assert len(layer.net.inputs) == 2
     for seen in layer.net.inputs:
         assert seen.shape == (B, len(cond), *mask.shape[1:])
-        torch.testing.assert_close(seen, x[:, cond])
+        assert torch.equal(seen, x[:, cond])  # a copy
 
 
 @pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling])
@@ -301,7 +362,7 @@ def test_checkerboard_coupling_net_sees_masked_input(cls, perturb):
     layer(x)
     (seen,) = layer.net.inputs
     assert seen.shape == x.shape
-    torch.testing.assert_close(seen, x * mask)
+    assert torch.equal(seen, x * mask)  # multiplying by 0 and 1 is exact
 
 
 def test_affine_scale_is_bounded(float64):
@@ -312,7 +373,7 @@ def test_affine_scale_is_bounded(float64):
         layer.scale.fill_(2.0)
     z, log_det = layer(x)
     assert torch.isfinite(z).all()
-    torch.testing.assert_close(log_det, torch.full((B,), 4.0))
+    assert torch.equal(log_det, torch.full((B,), 4.0))  # tanh(1e4) = 1 exactly, and 2 + 2 = 4
 
 
 def test_couplings_start_as_identity():
@@ -401,6 +462,7 @@ def test_multiscale_latent_shapes_and_factor_out():
 
 @pytest.mark.parametrize("shape", [(4,), (3, 2, 3)])
 def test_batchnorm_train_mode_uses_batch_statistics(shape, float64, perturb):
+    """The layer against its formulas, each pair to within the sum of their roundoff bounds (float64)."""
     bn = perturb(BatchNormFlow(shape[0], momentum=0.1, eps=1e-4))
     with torch.no_grad():
         bn.running_mean.fill_(0.5)
@@ -408,22 +470,27 @@ def test_batchnorm_train_mode_uses_batch_statistics(shape, float64, perturb):
     x = 3 * torch.randn(8, *shape) + 2
     dims = [0] if len(shape) == 1 else [0, 2, 3]
     pixels = 1 if len(shape) == 1 else shape[1] * shape[2]
-    view = (1, -1) if len(shape) == 1 else (1, -1, 1, 1)
-    mean, var = x.mean(dims), x.var(dims, unbiased=False)
-    z, log_det = bn.train()(x)
-    expected = (x - mean.view(view)) / torch.sqrt(var.view(view) + 1e-4)
-    expected = expected * torch.exp(bn.log_gamma).view(view) + bn.beta.view(view)
-    torch.testing.assert_close(z, expected)
-    formula = pixels * (bn.log_gamma - 0.5 * torch.log(var + 1e-4)).sum()
-    torch.testing.assert_close(log_det, formula.expand(8))
-    torch.testing.assert_close(bn.running_mean, 0.9 * 0.5 + 0.1 * mean)
-    torch.testing.assert_close(bn.running_var, 0.9 * 2.0 + 0.1 * var)
-    # Eval mode uses the running averages instead.
-    z_eval, log_det_eval = bn.eval()(x)
-    std = torch.sqrt(bn.running_var + 1e-4)
-    expected_eval = (x - bn.running_mean.view(view)) / std.view(view) * torch.exp(bn.log_gamma).view(view)
-    torch.testing.assert_close(z_eval, expected_eval + bn.beta.view(view))
-    torch.testing.assert_close(log_det_eval, (pixels * (bn.log_gamma - torch.log(std)).sum()).expand(8))
+    per = (lambda t: t.view(1, -1)) if len(shape) == 1 else (lambda t: t.view(1, -1, 1, 1))  # noqa: E731
+    mean, var = (lambda v: v.mean(dims)), (lambda v: v.var(dims, unbiased=False))  # noqa: E731
+
+    def normalised(m, v, mu, sigma2):
+        return (v - per(mu)) / torch.sqrt(per(sigma2) + 1e-4) * per(torch.exp(m.log_gamma)) + per(m.beta)
+
+    def log_det(m, sigma2):
+        return (pixels * (m.log_gamma - 0.5 * torch.log(sigma2 + 1e-4)).sum()).expand(8)
+
+    bn.train()
+    assert_same_function(lambda m, v: m(v)[0], lambda m, v: normalised(m, v, mean(v), var(v)), bn, x)
+    assert_same_function(lambda m, v: m(v)[1], lambda m, v: log_det(m, var(v)), bn, x, what="log-det")
+    assert_same_function(lambda m, v: (m(v), m.running_mean)[1], lambda m, v: 0.9 * 0.5 + 0.1 * mean(v), bn, x,
+                         what="running mean")
+    assert_same_function(lambda m, v: (m(v), m.running_var)[1], lambda m, v: 0.9 * 2.0 + 0.1 * var(v), bn, x,
+                         what="running variance")
+    # Eval mode uses the running averages instead (after one training step).
+    bn(x)
+    bn.eval()
+    assert_same_function(lambda m, v: m(v)[0], lambda m, v: normalised(m, v, m.running_mean, m.running_var), bn, x)
+    assert_same_function(lambda m, v: m(v)[1], lambda m, v: log_det(m, m.running_var), bn, x, what="log-det")
 
 
 @pytest.mark.parametrize("shape", [(4,), (3, 2, 3)])
@@ -431,11 +498,16 @@ def test_actnorm_data_dependent_init(shape):
     an = ActNorm(shape[0])
     assert not an.initialized
     x = 3 * torch.randn(32, *shape) - 2
+    dims = [0] if len(shape) == 1 else [0, 2, 3]
+    # Bounds for initialising from x and then normalising it, rounding in the statistics included.
+    mean = roundoff(lambda m, v: (initialize_from_data(m, v), m(v)[0].mean(dims))[1], an, x)
+    spread = roundoff(lambda m, v: (initialize_from_data(m, v), m(v)[0].std(dims, unbiased=False))[1], an, x)
     assert initialize_from_data(an, x) == [""]
     z, _ = an(x)
-    dims = [0] if len(shape) == 1 else [0, 2, 3]
-    torch.testing.assert_close(z.mean(dims), torch.zeros(shape[0]), rtol=0, atol=1e-5)
-    torch.testing.assert_close(z.std(dims, unbiased=False), torch.ones(shape[0]), rtol=0, atol=1e-4)
+    assert_close_to_roundoff(z.mean(dims), torch.zeros(shape[0]), mean.bound, "mean")  # exactly 0
+    # exactly s / (s + 1e-6) for the spread s of x, which is within 1e-6 / s of 1
+    assert_close_to_roundoff(z.std(dims, unbiased=False), spread.reference, spread.bound, "spread")
+    assert ((1 - spread.reference) * x.double().std(dims, unbiased=False) <= 1e-6).all()
     assert an.initialized and "initialized" in an.state_dict()
     bias = an.bias.detach().clone()
     an(5 * x + 7)  # later batches do not re-initialise
@@ -456,29 +528,48 @@ def test_diagonal_scaling_data_init_gives_the_prior_spread(prior):
     std = {"normal": 1.0, "logistic": math.pi / math.sqrt(3)}[prior]
     layer = DiagonalScaling(5, init_std=make_prior(prior).std)
     x = torch.randn(4096, 5) * torch.tensor([0.05, 0.1, 1.0, 10.0, 100.0]) + 3
+    init = lambda m, v: initialize_from_data(Sequential(m), v)  # noqa: E731
+    spread = roundoff(lambda m, v: (init(m, v), m(v)[0].std(0, unbiased=False))[1], layer, x)
+    first_log_det = roundoff(lambda m, v: (init(m, v), m(v)[1][:1])[1], layer, x)
     assert initialize_from_data(Sequential(layer), x) == ["flows.0"]
     z, log_det = layer(x)
-    torch.testing.assert_close(z.std(0, unbiased=False), torch.full((5,), std), rtol=1e-4, atol=0)
+    assert_close_to_roundoff(z.std(0, unbiased=False), torch.full((5,), std, dtype=torch.float64), spread.bound, "spread")
     # log|det| is the log of the volume change: sum of log(std_out / std_in).
-    expected = torch.log(std / x.std(0, unbiased=False)).sum()
-    torch.testing.assert_close(log_det, expected.expand(4096), rtol=1e-5, atol=1e-5)
+    expected = roundoff(lambda _, v: torch.log(std / v.std(0, unbiased=False)).sum(), nn.Identity(), x.double())
+    assert_close_to_roundoff(log_det, expected.value.expand(4096), first_log_det.bound + expected.bound, "log-det")
 
 
 @pytest.mark.parametrize("shape", [(4,), (4, 3, 2)])
 def test_conv1x1_is_a_per_pixel_linear_map(shape, float64, perturb):
     conv = perturb(InvertibleConv1x1(4, seed=3))
     w = conv.weight()
-    assert torch.linalg.slogdet(w)[1].item() == pytest.approx(conv.log_s.sum().item(), abs=1e-10)
     x = torch.randn(B, *shape)
+    # slogdet of the computed W (the error of computing W propagated, plus slogdet's own) against sum(log s)
+    det = roundoff(lambda m, _: torch.linalg.slogdet(m.weight())[1], conv, x)
+    total = roundoff(lambda m, _: m.log_s.sum(), conv, x)
+    assert_close_to_roundoff(torch.linalg.slogdet(w)[1], total.value, det.bound + total.bound, "log|det W|")
     z, _ = conv(x)
-    expected = torch.einsum("ij,bj...->bi...", w, x)
-    torch.testing.assert_close(z, expected)
+    expected = lambda m, v: (m.weight() @ v.reshape(B, 4, -1)).reshape(v.shape)  # noqa: E731
+    assert_same_function(lambda m, v: m(v)[0], expected, conv, x)
 
 
 def test_conv1x1_starts_as_rotation():
-    w = InvertibleConv1x1(5, seed=0).weight()
-    # float32 QR then LU reproduce an orthogonal matrix to 3e-7
-    torch.testing.assert_close(w @ w.T, torch.eye(5), rtol=0, atol=2e-6)
+    """W = P L U from float32 QR and LU of a Gaussian matrix is orthogonal to within their roundoff.
+
+    With n = 5 and u = 2**-24: Householder QR gives columns orthonormal to u * sum of n^2 roundings each
+    (Higham, Accuracy and Stability, theorem 19.4), so |Q^T Q - I| <= 2 LAMBDA u n; LU's backward error
+    is LAMBDA u sqrt(n) |L| |U| per entry, which moves W W^T by twice that times |W|; and rebuilding W
+    from the parameters and forming W W^T round too (`roundoff`).
+    """
+    conv = InvertibleConv1x1(5, seed=0)
+    w = conv.weight().detach()
+    n, u = 5, 2.0**-24
+    product = roundoff(lambda m, _: m.weight() @ m.weight().T, conv, torch.zeros(1))
+    lower = torch.tril(conv.lower.detach(), -1) + torch.eye(n)
+    upper = torch.triu(conv.upper.detach(), 1) + torch.diag(torch.exp(conv.log_s.detach()))
+    lu = LAMBDA * u * math.sqrt(n) * (lower.abs() @ upper.abs())
+    bound = 2 * LAMBDA * u * n + 2 * lu @ w.abs().T + product.bound
+    assert_close_to_roundoff(w @ w.T, torch.eye(n), bound, "W W^T")
 
 
 def test_diagonal_scaling_pushes_a_normal_to_the_closed_form(float64):
@@ -495,9 +586,10 @@ def test_diagonal_scaling_pushes_a_normal_to_the_closed_form(float64):
     torch.testing.assert_close(h.std(0), std, rtol=1e-2, atol=0)
     # Density: the change of variables with the forward log-det is N(0, e^{-2s}) exactly.
     x = std * torch.randn(16, 2, 3)
-    z, log_det = layer(x)
-    expected = torch.distributions.Normal(torch.zeros(2, 3), std).log_prob(x).flatten(1).sum(1)
-    torch.testing.assert_close(StandardNormal().log_prob(z) + log_det, expected, rtol=0, atol=1e-12)
+    assert_same_function(
+        lambda m, v: (lambda z, log_det: StandardNormal().log_prob(z) + log_det)(*m(v)),
+        lambda m, v: torch.distributions.Normal(torch.zeros(2, 3), torch.exp(-m.log_scale)).log_prob(v).flatten(1).sum(1),
+        layer, x, what="log-density")
 
 
 def test_sequential_log_det_is_the_log_det_of_the_composition(perturb):
@@ -515,17 +607,25 @@ def test_sequential_log_det_is_the_log_det_of_the_composition(perturb):
         return v
 
     z, log_det = flow(x)
-    torch.testing.assert_close(z, composed(x), rtol=0, atol=0)
-    torch.testing.assert_close(log_det, log_abs_det_jacobian(composed, x), rtol=1e-10, atol=1e-10)
-    # The chain rule, layer by layer: J = J_K ... J_1 with each J_k by autograd at its own input.
+    assert torch.equal(z, composed(x))  # the same ops in the same order
+    # Tolerances: the roundoff bound of the analytic log-det plus that of autograd's slogdet (conftest).
+    analytic = roundoff(lambda m, v: m(v)[1], flow, x)
+    reference, reference_bound = autograd_log_det(composed, x, analytic.sites)
+    assert_close_to_roundoff(log_det, reference, analytic.bound + reference_bound, "log-det")
+    assert_close_to_roundoff(log_det, log_abs_det_jacobian(composed, x), analytic.bound + reference_bound, "log-det")
+    # The chain rule, layer by layer: J = J_K ... J_1 with each J_k by autograd at its own input
+    # (K products of 6 x 6 matrices add K * 6 roundings to every entry).
     jac, h = torch.eye(6, dtype=torch.float64).expand(B, 6, 6), x
     for layer in flow:
         jac = jacobian(lambda v, layer=layer: layer(v)[0], h) @ jac
         h = layer(h)[0]
-    torch.testing.assert_close(log_det, torch.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
+    chain_bound = slogdet_bound(jac, analytic.sites + 6 * len(flow))
+    assert_close_to_roundoff(log_det, torch.linalg.slogdet(jac)[1], analytic.bound + chain_bound, "chain rule")
     assert log_det.abs().min() > 1.0  # far from 0: a dropped or sign-flipped layer term would show
     # The inverse direction: the layers' inverses in reverse order.
     _, inv_log_det = flow.inverse(z)
-    torch.testing.assert_close(inv_log_det, log_abs_det_jacobian(composed_inverse, z), rtol=1e-10, atol=1e-10)
+    analytic = roundoff(lambda m, v: m.inverse(v)[1], flow, z)
+    reference, reference_bound = autograd_log_det(composed_inverse, z, analytic.sites)
+    assert_close_to_roundoff(inv_log_det, reference, analytic.bound + reference_bound, "inverse log-det")
     trajectory = flow.trajectory(x)
     assert len(trajectory) == len(flow) + 1 and torch.equal(trajectory[-1], z)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowlib import nice, realnvp_image
+from flowlib import Flow, nice, realnvp_image
 from flowlib.training.fit import train_step, make_optimizer
 from flowlib.training.precision import autocast, resolve_precision
+
+from conftest import assert_close_to_roundoff, roundoff, slogdet_bound
 
 
 def models():
@@ -35,24 +37,66 @@ def test_nets_run_in_bf16_while_log_dets_stay_fp32(name):
     assert z.dtype == log_det.dtype == log_p.dtype == torch.float32
 
 
+def layer_by_layer_log_det(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Autograd's log|det J| of every elementary layer at the input it sees in ``model.flow(x)``, summed (chain rule).
+
+    Each layer's Jacobian is taken on the whole batch, so its nets see the same inputs as in the forward pass
+    and round the same way; their bf16 backward passes then only touch the block of a coupling's Jacobian
+    that its determinant does not depend on (the conditioning half's effect on the transformed half), and
+    what is left is the fp32 rounding of slogdet: `slogdet_bound` with u = 2**-24. Returns the log-dets and
+    that bound.
+    """
+    leaves = [m for m in model.flow.modules()
+              if isinstance(m, Flow) and not any(isinstance(c, Flow) for c in list(m.modules())[1:])]
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for m in leaves]
+    try:
+        model.flow(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    total, bound = torch.zeros(x.shape[0], dtype=torch.float64), torch.zeros(x.shape[0], dtype=torch.float64)
+    for layer, h in seen:
+        jac = torch.autograd.functional.jacobian(lambda v: layer(v)[0].flatten(1), h, vectorize=True).flatten(3)
+        jac = torch.stack([jac[i, :, i] for i in range(h.shape[0])])
+        total += torch.linalg.slogdet(jac)[1].double()
+        bound += slogdet_bound(jac, 0, u=2.0**-24)
+    return total, bound
+
+
 @pytest.mark.parametrize("name", ["nice", "realnvp"])
 def test_bf16_flow_is_invertible_and_its_log_det_matches_autograd(name):
     model, x = models()[name]
     with autocast("bf16", "cpu"):
         z, log_det = model(x)
         x_back, inv_log_det = model.inverse(z)
-        reference = torch.stack([  # autograd of the same (bf16-net) function, one example at a time
-            torch.linalg.slogdet(torch.autograd.functional.jacobian(
-                lambda v: model.flow(v.unsqueeze(0))[0].flatten(), x[i]).reshape(x[i].numel(), -1))[1]
-            for i in range(x.shape[0])])
-    # The inverse recomputes the same bf16 net outputs from the same conditioning half, so it undoes
-    # the forward up to fp32 rounding, as in fp32; a bf16-rounded shift would miss by ~1e-3.
-    torch.testing.assert_close(x_back, x, rtol=0, atol=2e-5)
-    torch.testing.assert_close(inv_log_det, -log_det, rtol=0, atol=1e-4)
-    torch.testing.assert_close(log_det, reference, rtol=1e-4, atol=1e-3)
+        reference, reference_bound = layer_by_layer_log_det(model, x)
+        # Tolerances (`roundoff` under the same autocast, autocast_sites=False): the inverse recomputes the
+        # same bf16 net outputs from the same conditioning half, and the reference reruns the same forward
+        # pass, so the nets' bf16 roundings are common to both sides and what is left is the fp32 rounding
+        # outside the nets, as in fp32 (a bf16-rounded shift would miss by ~1e-3). This holds unless an fp32
+        # perturbation moves a net's operand across a bf16 rounding boundary (~2**-16 per value).
+        values = roundoff(lambda m, v: m.inverse(m(v)[0])[0], model, x, autocast_sites=False)
+        dets = roundoff(lambda m, v: (lambda z, ld: m.inverse(z)[1] + ld)(*m(v)), model, x, autocast_sites=False)
+        analytic = roundoff(lambda m, v: m(v)[1], model, x, autocast_sites=False)
+    assert_close_to_roundoff(x_back, x, values.bound, "inverse(forward(x))")
+    assert_close_to_roundoff(inv_log_det + log_det, torch.zeros_like(log_det), dets.bound, "log-det sum")
+    assert_close_to_roundoff(log_det, reference, analytic.bound + reference_bound, "log-det against autograd")
     # And it is a different function from the fp32 one (the nets really ran in bf16).
     z32, _ = model(x)
     assert not torch.equal(z, z32)
+
+
+@pytest.mark.parametrize("name", ["nice", "realnvp"])
+def test_bf16_round_trip_check_catches_an_inverse_with_other_net_outputs(name):
+    """Guards the tolerance: an inverse whose nets compute in fp32 (shifts off by bf16 rounding) fails it."""
+    model, x = models()[name]
+    with autocast("bf16", "cpu"):
+        z, _ = model(x)
+        bound = roundoff(lambda m, v: m.inverse(m(v)[0])[0], model, x, autocast_sites=False).bound
+    x_back, _ = model.inverse(z)  # outside autocast
+    with pytest.raises(AssertionError, match="beyond their roundoff bound"):
+        assert_close_to_roundoff(x_back, x, bound, "inverse(forward(x))")
 
 
 def test_train_step_under_bf16_gives_fp32_gradients():

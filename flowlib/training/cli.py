@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int,
                    help="importance samples per test image in the final evaluation (default 1: the plain bound)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", help="compile each step's loss with torch.compile (inductor)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, max_steps=args.max_steps, device=args.device,
-                  out_dir=args.out, eval_samples=args.eval_samples)
+                  out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)
     try:
         config = make_config(args.model, args.preset, args.dataset,
                              **{k: v for k, v in fields.items() if v is not None})

@@ -55,7 +55,8 @@ class TrainConfig:
     (``flowlib.datasets.toy.TOY_DENSITIES``). ``precision`` is
     ``"auto"`` (bf16 where the hardware runs it natively), ``"bf16"`` or
     ``"fp32"``; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
-    run). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    run); ``compile`` runs each step's loss through ``torch.compile``
+    (`flowlib.training.fit.compiled_loss`; its compile time counts in the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``eval_samples`` is the :math:`K` of the final test evaluation only
     (`flowlib.training.evaluate.log_likelihood_sum`): 1 is the plain dequantization bound,
     :math:`K > 1` the importance-weighted bound
@@ -94,6 +95,7 @@ class TrainConfig:
     log_every: int = 50
     max_steps: int | None = None
     device: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_model_and_dataset(self.model, self.dataset)
@@ -110,6 +112,8 @@ class TrainConfig:
         check_clip_grad(self.clip_grad)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
             raise ValueError(f"model_kwargs must be a dict of the model's keyword arguments, got {self.model_kwargs!r}")
         check_seed(self.seed)
@@ -189,7 +193,7 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
                 "weight_decay": "wd", "clip_grad": "clip", "schedule": "", "precision": "", "model_kwargs": "",
-                "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is"}
+                "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile"}
 
 
 def make_config(model: str = "nice", preset: str = "cpu", dataset: str = "mnist", **overrides: Any) -> TrainConfig:
@@ -223,6 +227,9 @@ def _name_suffix(base: TrainConfig, config: TrainConfig) -> str:
     for name, short in _NAME_FIELDS.items():
         value = getattr(config, name)
         if value == getattr(base, name):
+            continue
+        if isinstance(value, bool):
+            parts.append(short if value else f"no{short}")
             continue
         if isinstance(value, dict):
             value = "-".join(f"{k}{v}" for k, v in sorted(value.items()))

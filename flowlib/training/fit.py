@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -38,7 +39,8 @@ from .evaluate import Evaluation, evaluate
 from .precision import PRECISIONS, autocast, model_device
 
 __all__ = ["SCHEDULES", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
-           "make_optimizer", "learning_rate", "train_step", "FitResult", "fit"]
+           "make_optimizer", "learning_rate", "negative_log_likelihood", "compiled_loss", "train_step", "FitResult",
+           "fit"]
 
 SCHEDULES = ("constant", "cosine")
 UNITS = ("bpd", "nats")
@@ -145,26 +147,52 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> floa
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, *, clip_grad: float | None = None,
-    unit: str = "bpd", precision: str = "fp32", net: nn.Module | None = None,
-) -> Tensor:
-    """One gradient step on the batch ``x``; returns the detached mean loss (no host sync).
+def negative_log_likelihood(model: nn.Module, x: Tensor, scale: float, precision: str = "fp32",
+                            net: nn.Module | None = None) -> Tensor:
+    """The mean loss of the batch ``x``: :math:`-\\frac1B \\sum_b \\log p(x_b)` times ``scale`` (`loss_scale`).
 
-    ``net`` is what the forward pass runs through when it is not ``model``
-    itself (a `DistributedDataParallel` wrapper, whose ``forward`` returns
-    ``(z, log_det)``). ``clip_grad`` is ``None`` (no clipping) or the largest
-    gradient norm, a positive finite number (`check_clip_grad`).
+    The nets run under ``precision``'s autocast; the prior, the log-dets and the mean stay in float32 (or the
+    model's dtype). ``net`` as in `train_step`.
     """
-    check_clip_grad(clip_grad)
-    scale = loss_scale(model, unit)
     with autocast(precision, x.device):
         if net is None:
             log_p = model.log_prob(x)
         else:
             z, log_det = net(x)
             log_p = model.prior.log_prob(z.float()) + log_det.float()
-    loss = -log_p.float().mean() * scale
+    return -log_p.float().mean() * scale
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def compiled_loss(model: nn.Module) -> Callable[..., Tensor]:
+    """`negative_log_likelihood` compiled by ``torch.compile`` (inductor) for ``model``, made once per model.
+
+    The first call compiles (tens of seconds on a small CPU); later calls with the same shapes reuse the code.
+    Compilation fuses element-wise operations, so the loss can differ from eager by rounding only.
+    """
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(negative_log_likelihood)
+    return _COMPILED[model]
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, *, clip_grad: float | None = None,
+    unit: str = "bpd", precision: str = "fp32", net: nn.Module | None = None, compile: bool = False,
+) -> Tensor:
+    """One gradient step on the batch ``x``; returns the detached mean loss (no host sync).
+
+    ``net`` is what the forward pass runs through when it is not ``model``
+    itself (a `DistributedDataParallel` wrapper, whose ``forward`` returns
+    ``(z, log_det)``). ``clip_grad`` is ``None`` (no clipping) or the largest
+    gradient norm, a positive finite number (`check_clip_grad`). With
+    ``compile=True`` the loss and its backward run through `compiled_loss`.
+    """
+    check_clip_grad(clip_grad)
+    scale = loss_scale(model, unit)
+    loss_fn = compiled_loss(model) if compile else negative_log_likelihood
+    loss = loss_fn(model, x, scale, precision, net)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip_grad is not None:

@@ -184,7 +184,7 @@ def _step(run: Run, order: Tensor, loss_sum: Tensor) -> None:
         group["lr"] = learning_rate(cfg.schedule, cfg.lr, st.steps, cfg.epochs * run.steps_per_epoch)
     run.in_step = True
     loss = train_step(run.model, run.optimizer, run.splits["train"][batch], clip_grad=cfg.clip_grad,
-                      precision=run.precision, net=None if run.net is run.model else run.net)
+                      precision=run.precision, net=None if run.net is run.model else run.net, compile=cfg.compile)
     if run.world > 1:
         loss = all_reduce_sum(loss) / run.world
     loss_sum += loss
