@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Set up and run the book: ``python3 run.py book``, ``python3 run.py test`` or ``python3 run.py test --fast``.
+"""Set up and run the book: ``python3 run.py book``, ``test [--fast]`` or ``site [--serve]``.
 
 Both commands create ``.venv`` beside this file on first use and install the
 pinned ``requirements.txt`` plus ``flowlib`` itself into it; they reinstall
@@ -22,6 +22,10 @@ minutes on 2 cores). Extra arguments go to pytest
 their own, ``--fast`` collects ``flowlib`` and ``tests``. The tests run
 torch on ``FLOWLIB_TEST_THREADS`` threads (default 1); tests/README.md
 describes the tiers.
+
+``site`` builds the book's website into ``site/`` from the stored notebooks
+(docs/build.py, nothing executed) and prints the path of its front page;
+``site --serve`` then serves it on 127.0.0.1 and prints the URL.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ _NOT_INSTALLED = ("[tool.pytest.ini_options]",)
 
 # What the fast tier leaves out: the chapters, the browser test and the slow tests (tests/README.md).
 FAST = ["-m", "not slow", "-o", "testpaths=flowlib tests",
-        "--ignore=tests/test_chapters.py", "--ignore=tests/test_browser.py"]
+        "--ignore=tests/test_chapters.py", "--ignore=tests/test_browser.py", "--ignore=tests/test_site.py"]
 
 
 def _fingerprint() -> str:
@@ -81,11 +85,13 @@ def setup() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("book", "test"):
+    if not argv or argv[0] not in ("book", "test", "site"):
         print(__doc__)
         return 2
     setup()
     env = dict(os.environ)
+    if argv[0] == "site":  # docs/build.py: the website from the stored notebooks, into site/
+        return subprocess.call([str(PYTHON), str(ROOT / "docs" / "build.py")] + argv[1:], cwd=ROOT, env=env)
     if argv[0] == "book":
         cmd = [
             str(PYTHON), "-m", "jupyterlab", str(ROOT / "chapters"),

@@ -26,16 +26,18 @@ from .normalization import ActNorm, BatchNormFlow
 from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
+from .splines import SplineCoupling, rational_quadratic_spline
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",
     "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MADE", "MLP", "MaskedAutoregressive",
     "MaskedLinear", "MultiScale",
     "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation",
-    "Sequential", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize", "alternating_mask",
+    "Sequential", "SplineCoupling", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize",
+    "alternating_mask",
     "channel_mask", "check_shape", "checkerboard_mask",
     "flow_log_abs_det", "half_mask", "jacobian", "log_abs_det_jacobian", "make_prior", "nice",
-    "realnvp", "realnvp_image", "realnvp_image_single_scale", "toy_model", "value_checks",
+    "rational_quadratic_spline", "realnvp", "realnvp_image", "realnvp_image_single_scale", "toy_model", "value_checks",
 ]
 
 __version__ = "0.1.0"

@@ -90,7 +90,9 @@ def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> Ten
     tensor([ True,  True, False, False])
     """
     _check_parity(parity)
-    check_int("channels", channels, least=2)  # a channel mask needs both parts
+    check_int("channels", channels)
+    if channels < 2:  # a channel mask needs both parts
+        raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
     check_int("height", height)
     check_int("width", width)
     first = torch.arange(channels) < channels // 2

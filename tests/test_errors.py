@@ -162,7 +162,7 @@ def test_masks_too_small():
         alternating_mask(1)
     with pytest.raises(ValueError, match="dim must be at least 2, got 1"):
         half_mask(1)
-    with pytest.raises(ValueError, match="channels must be at least 2, got 1"):
+    with pytest.raises(ValueError, match="a channel mask needs at least 2 channels, got 1"):
         channel_mask(1, 4, 4)
     with pytest.raises(ValueError, match=re.escape("at least 2 pixels, got (3, 1, 1)")):
         checkerboard_mask(3, 1, 1)

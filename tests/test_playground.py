@@ -271,6 +271,7 @@ def test_show_transform_playground_picture(monkeypatch: pytest.MonkeyPatch) -> N
 # ----------------------------------------------------------------------------- the defaults fit
 
 
+@pytest.mark.slow
 def test_the_default_realnvp_training_fits_8gaussians() -> None:
     """RealNVP's defaults come within 0.15 nats of the true NLL of 8gaussians on the playground's test set.
 

@@ -145,6 +145,7 @@ def test_signal_anywhere_then_resume_is_bit_identical(tmp_path, monkeypatch, whe
     assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_real_ctrl_c_on_the_command_line_then_resume(tmp_path):
     """SIGINT to a running `python -m flowlib.training` at an arbitrary moment, then --resume: the same run."""
