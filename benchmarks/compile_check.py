@@ -1,7 +1,8 @@
 """Does ``torch.compile`` make the cpu presets' training step faster? Eager against compiled, interleaved.
 
 Each preset's model (``cpu`` preset, its batch size, fp32) takes Adam steps on the same MNIST batch, eager and
-compiled (`flowlib.training.fit.train_step` with ``compile=True``), alternating so that both see the same
+compiled (`flowlib.training.fit.train_step` with ``compile=True``), with value checks off as in the
+trainer's loop, alternating so that both see the same
 machine load; the compile time (the first compiled step) is reported on its own, since a run pays it once.
 
     .venv/bin/python benchmarks/compile_check.py               # writes benchmarks/results/compile_check.*
@@ -22,12 +23,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from flowlib.flow import initialize_from_data  # noqa: E402
+from flowlib.flow import initialize_from_data, value_checks  # noqa: E402
 from flowlib.training.config import build_model, make_config  # noqa: E402
 from flowlib.training.fit import make_optimizer, train_step  # noqa: E402
 
 
 def measure(model_name: str, steps: int) -> dict:
+    with value_checks(False):  # as in the trainer's loop: no host syncs for input checks
+        return _measure(model_name, steps)
+
+
+def _measure(model_name: str, steps: int) -> dict:
     config = make_config(model_name, "cpu", precision="fp32")
     images, _ = common.load_mnist_images(config.batch_size)
     x = images.flatten(1) if model_name == "nice" else images
