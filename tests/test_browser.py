@@ -11,7 +11,7 @@ the number of training steps, presses Train and waits for the fit. It fails if
   (``.flowlib-playground``) never appears, or the widget manager extension is
   missing (then an output shows only the plain-text repr, ``VBox(children=...``);
 * before Run All, the stored notebook does not show the caption of the
-  playground's picture (what `flowlib.book.playground.show` stores for front ends
+  playground's picture (what `flowlib.book.widgets.show` stores for front ends
   without widgets) or shows a widget error; after it, the playground's cell
   shows a picture or that caption beside the live widget;
 * the playground did not open on a trained result (a test NLL), a density
@@ -91,7 +91,7 @@ TRAIN_TIMEOUT = 120
 README_TRAIN_TIMEOUT = 600  # the playground's default training, on a busy small CPU
 
 PLOT = "img.flowlib-plot, .flowlib-plot img"
-#: Words of the caption that `flowlib.book.playground.show` puts under a widget's picture for front ends without widgets.
+#: Words of the caption that `flowlib.book.widgets.show` puts under a widget's picture for front ends without widgets.
 STATIC_CAPTION = "Run this cell in JupyterLab to use the widget"
 STDERR_MIME = "application/vnd.jupyter.stderr"
 

@@ -21,8 +21,9 @@ from flowlib.book.baselines import true_nll
 from flowlib.training.evaluate import evaluate
 from flowlib.training.fit import fit
 from flowlib.models import toy_model
-from flowlib.book.playground import (DEFAULT_LR, DEFAULTS, PLAYGROUND_CLASSES, QUICK_STEPS, WIDGET_VIEW, draw_playground,
-                                playground, show, train_playground, transform_playground)
+from flowlib.book.playground import (DEFAULT_LR, DEFAULTS, PLAYGROUND_CLASSES, QUICK_STEPS, draw_playground, playground,
+                                     train_playground)
+from flowlib.book.widgets import WIDGET_VIEW, show, transform_playground
 from flowlib.book.plots import figure_png
 from flowlib.datasets.toy import toy_splits
 from flowlib.book.warp import plot_warp
