@@ -11,7 +11,9 @@ ignored by git) and changes the copies only in how they are shown:
 * the landing page gets the (hidden) table of contents that gives the
   sidebar and the previous / next links;
 * links to files of the repository (results, benchmarks) point to the
-  site's own copies.
+  site's own copies;
+* each bibliography entry gets an anchor named by its arXiv number, and each
+  entry of a chapter's *References* links to it.
 
 The site's own pages (results, the trainer's guarantees, speed, the module
 guide) are ``docs/*.md``. MathJax is copied from the pinned
@@ -45,6 +47,7 @@ RUN_LOCALLY = ("*Run this chapter yourself: download the notebook with the downl
                "page, or clone the book and run* `python3 run.py book` *(see the [contents](00-index.ipynb)).*")
 
 _SOLUTION = re.compile(r"Solution\s+(\d+\.\d+)")
+_ARXIV = re.compile(r"\[arXiv:(\d{4}\.\d{4,5})\]")
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -106,6 +109,27 @@ def _repository_links(text: str) -> str:
     return text
 
 
+def _anchor(arxiv: str) -> str:
+    return "arxiv-" + arxiv.replace(".", "-")
+
+
+def with_reference_links(text: str, bibliography: bool) -> str:
+    """A list of references with its arXiv entries tied to the bibliography.
+
+    In the bibliography each entry ``- ... [arXiv:N](...)`` gets an anchor ``arxiv-N``; in a chapter's
+    *References* each such entry gets a link to that anchor (plain HTML, so it is checked as a link).
+    """
+    lines = []
+    for line in text.splitlines():
+        match = _ARXIV.search(line) if line.startswith("- ") else None
+        if match and bibliography:
+            line = f'- <a id="{_anchor(match.group(1))}"></a>' + line[2:]
+        elif match:
+            line += f' (<a href="bibliography.html#{_anchor(match.group(1))}">bibliography</a>)'
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+
+
 def prepare_notebook(path: Path, toc: str) -> dict:
     """The copy of one stored notebook that the site renders (see the module docstring)."""
     nb = json.loads(path.read_text())
@@ -116,7 +140,10 @@ def prepare_notebook(path: Path, toc: str) -> dict:
             name = solution_name(cell, name)
             cell = show_solution_collapsed(cell, name)
         if cell["cell_type"] == "markdown":
-            cell["source"] = _repository_links("".join(cell["source"]))
+            text = _repository_links("".join(cell["source"]))
+            if path.stem == "bibliography" or text.lstrip().startswith("## References"):
+                text = with_reference_links(text, bibliography=path.stem == "bibliography")
+            cell["source"] = text
         cells.append(cell)
         if k == 0 and path.stem not in (FRONT, "bibliography"):
             cells.append(_markdown_cell(RUN_LOCALLY, "site-run-locally"))

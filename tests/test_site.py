@@ -286,3 +286,18 @@ def test_readme_stays_a_front_page():
         assert command in readme
     for page in site_build.PAGES:
         assert f"(docs/{page}.md)" in readme
+
+
+def test_references_link_to_the_bibliography(built):
+    out = built["out"]
+    for notebook in site_build.chapter_files():
+        if notebook.stem in (site_build.FRONT, "bibliography"):
+            continue
+        html = (out / f"{notebook.stem}.html").read_text()
+        assert "bibliography.html#arxiv-" in html, f"{notebook.stem}: no reference links to the bibliography"
+    # ... whose arXiv links are well formed: the link text names the same paper as the address.
+    bibliography = (out / "bibliography.html").read_text()
+    links = re.findall(r'href="(https?://arxiv\.org/abs/[^"]+)"[^>]*>\s*arXiv:([0-9.]+)\s*<', bibliography)
+    assert len(links) >= 10
+    for url, number in links:
+        assert url == f"https://arxiv.org/abs/{number}", (url, number)
