@@ -225,7 +225,9 @@ def test_every_page_reads_offline(built, server, driver):
 
 @browser_support.needs_chromium
 def test_solutions_open_only_when_clicked(server, driver):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _open(driver, server + "03-affine-coupling.html")
     details = driver.find_elements(By.CSS_SELECTOR, "details")
@@ -237,7 +239,11 @@ def test_solutions_open_only_when_clicked(server, driver):
         assert inner and not any(e.is_displayed() for e in inner), summary.text
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", summary)
         summary.click()
-        assert any(e.is_displayed() for e in inner), f"{summary.text}: nothing shown after a click"
+        # the theme fades an opened cell in (opacity 0 to 1 over 0.3 s), and an invisible element is not "displayed"
+        try:
+            WebDriverWait(driver, 5).until(lambda _: any(e.is_displayed() for e in inner))
+        except TimeoutException:
+            pytest.fail(f"{summary.text}: nothing shown after a click")
 
 
 @browser_support.needs_chromium
