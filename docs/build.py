@@ -202,6 +202,8 @@ def build(out: Path = OUT, source: Path = SOURCE) -> Path:
     if status:
         raise SystemExit(f"the site did not build (sphinx exit status {status}); the warnings are above")
     shutil.move(html, out)
+    for notebook in chapter_files():  # the download button offers the stored notebook, not the site's copy
+        shutil.copy(notebook, out / "_sources" / notebook.name)
     return out / "index.html"
 
 

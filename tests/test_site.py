@@ -101,6 +101,13 @@ def test_every_internal_link_and_anchor_resolves(built):
     assert not broken, "\n".join(broken[:30])
 
 
+def test_each_chapter_offers_its_stored_notebook(built):
+    for notebook in site_build.chapter_files():
+        html = (built["out"] / f"{notebook.stem}.html").read_text()
+        assert f'href="_sources/{notebook.name}"' in html
+        assert (built["out"] / "_sources" / notebook.name).read_bytes() == notebook.read_bytes()
+
+
 def test_solutions_are_collapsed_in_the_html(built):
     html = (built["out"] / "03-affine-coupling.html").read_text()
     summaries = re.findall(r"<summary[^>]*>(.*?)</summary>", html, flags=re.S)
