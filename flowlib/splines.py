@@ -109,6 +109,33 @@ def spline_knots(unnormalized: Tensor, bound: float, min_size: float = MIN_BIN_S
     return torch.cat([-end, inner, end], dim=-1)
 
 
+def _check_spline_arguments(x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, bound: float,
+                            min_bin_width: float, min_bin_height: float, min_derivative: float) -> None:
+    """`rational_quadratic_spline`'s arguments, each a `ValueError` naming it when it is not allowed."""
+    k = widths.shape[-1] if widths.dim() > 0 else 0
+    check_positive("bound", bound)
+    for name, value in (("widths", widths), ("heights", heights), ("derivatives", derivatives)):
+        want = tuple(x.shape) + ((k - 1,) if name == "derivatives" else (k,))
+        if k < 1 or tuple(value.shape) != want:
+            raise ValueError(f"rational_quadratic_spline: {name} must have shape {want} (x.shape + (K,) for "
+                             f"widths and heights, + (K - 1,) for derivatives), got {tuple(value.shape)}")
+    for name, m in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
+        if not 0 < m * k < 1:
+            raise ValueError(f"{name} * K must lie in (0, 1), got {name}={m!r} with K={k}")
+    if not 0 < min_derivative < 1:
+        raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative!r}")
+
+
+def _inverse_position(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, slack: Tensor) -> Tensor:
+    """:math:`\\xi` in the bin from :math:`y - y_k`: the root of appendix A's quadratic, in its stable form
+    :math:`2c / (-b - \\sqrt{b^2 - 4ac})`, the form appendix A gives for numerical stability."""
+    a = h * (s - d0) + dy * slack
+    b = h * d0 - dy * slack
+    c = -s * dy
+    root = torch.sqrt((b.square() - 4 * a * c).clamp_min(0))  # >= 0 exactly; the clamp absorbs rounding
+    return 2 * c / (-b - root)
+
+
 def rational_quadratic_spline(
     x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, inverse: bool = False,
     bound: float = 3.0, min_bin_width: float = MIN_BIN_SIZE, min_bin_height: float = MIN_BIN_SIZE,
@@ -132,19 +159,7 @@ def rational_quadratic_spline(
     >>> y[0], log_det[0]   # the tail: the identity
     (tensor(-4.), tensor(0.))
     """
-    k = widths.shape[-1] if widths.dim() > 0 else 0
-    check_positive("bound", bound)
-    for name, value in (("widths", widths), ("heights", heights), ("derivatives", derivatives)):
-        want = tuple(x.shape) + ((k - 1,) if name == "derivatives" else (k,))
-        if k < 1 or tuple(value.shape) != want:
-            raise ValueError(f"rational_quadratic_spline: {name} must have shape {want} (x.shape + (K,) for "
-                             f"widths and heights, + (K - 1,) for derivatives), got {tuple(value.shape)}")
-    for name, m in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-        if not 0 < m * k < 1:
-            raise ValueError(f"{name} * K must lie in (0, 1), got {name}={m!r} with K={k}")
-    if not 0 < min_derivative < 1:
-        raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative!r}")
-
+    _check_spline_arguments(x, widths, heights, derivatives, bound, min_bin_width, min_bin_height, min_derivative)
     xs = spline_knots(widths, bound, min_bin_width)  # (..., K + 1)
     ys = spline_knots(heights, bound, min_bin_height)
     shift = math.log(math.expm1(1 - min_derivative))  # softplus(shift) = 1 - min_derivative
@@ -165,12 +180,7 @@ def rational_quadratic_spline(
     s = h / w
     slack = d0 + d1 - 2 * s  # D: how far the segment is from the straight line of slope s
     if inverse:
-        dy = v - y0
-        a = h * (s - d0) + dy * slack
-        b = h * d0 - dy * slack
-        c = -s * dy
-        root = torch.sqrt((b.square() - 4 * a * c).clamp_min(0))  # >= 0 exactly; the clamp absorbs rounding
-        xi = 2 * c / (-b - root)
+        xi = _inverse_position(v - y0, h, s, d0, slack)
         out = x0 + xi * w
     else:
         xi = (v - x0) / w

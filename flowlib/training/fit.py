@@ -267,19 +267,8 @@ def fit(
     ``callback_every`` steps and after the last (progress bars, widgets).
     Every setting is checked before the first step.
     """
-    check_int("steps", steps)
-    check_int("batch_size", batch_size)
-    if eval_every is not None:
-        check_int("eval_every", eval_every)
-    check_int("callback_every", callback_every)
-    check_seed(seed)
-    check_clip_grad(clip_grad)  # Adam's settings: make_optimizer, below, before any step
-    _check_choice("schedule", schedule, SCHEDULES)
-    _check_choice("precision", precision, PRECISIONS)
-    if train.dim() < 2 or train.shape[0] < batch_size:
-        raise ValueError(f"train must have shape (N, ...) with N >= batch_size = {batch_size}, "
-                         f"got {tuple(train.shape)}")
-    _check_choice("unit", unit, UNITS)
+    _check_fit_settings(train, steps, batch_size, eval_every, callback_every, seed, clip_grad, schedule,
+                        precision, unit)  # Adam's settings: make_optimizer, below, before any step
     device = model_device(model)
     optimizer = make_optimizer(model, lr, betas, eps, weight_decay)
     every = eval_every or max(1, steps // 5)
@@ -312,6 +301,24 @@ def fit(
     result.seconds = time.perf_counter() - start
     result.steps = steps
     return result
+
+
+def _check_fit_settings(train: Tensor, steps: int, batch_size: int, eval_every: int | None, callback_every: int,
+                        seed: int, clip_grad: float | None, schedule: str, precision: str, unit: str) -> None:
+    """`fit`'s settings, each a `ValueError` naming it when it is not allowed."""
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    if eval_every is not None:
+        check_int("eval_every", eval_every)
+    check_int("callback_every", callback_every)
+    check_seed(seed)
+    check_clip_grad(clip_grad)
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("unit", unit, UNITS)
+    if train.dim() < 2 or train.shape[0] < batch_size:
+        raise ValueError(f"train must have shape (N, ...) with N >= batch_size = {batch_size}, "
+                         f"got {tuple(train.shape)}")
 
 
 def _in_unit(e: Evaluation, unit: str) -> float:
