@@ -154,6 +154,20 @@ def test_exercises_have_collapsed_solutions(path: Path) -> None:
         assert not _is_solution(cells[i]), f"{path.name}: exercise {n}.{k} itself is hidden"
 
 
+#: The first line of a solution: its label alone. A collapsed cell shows its first line (JupyterLab's
+#: placeholder, the site's summary), so anything after the label would give the answer away.
+SOLUTION_FIRST_LINE = re.compile(
+    r"\*\*Solution \d+\.\d+(, continued| \([a-z ]+\)|, discussion)?\.?\*\*( \([a-z ]+\)\.?)?|# Solution \d+\.\d+")
+
+
+@pytest.mark.parametrize("path", _chapters("solutions_show_only_their_label"))
+def test_collapsed_solutions_show_only_their_label(path: Path) -> None:
+    for i, cell in enumerate(_cells(path)):
+        if "solution" in cell.get("metadata", {}).get("tags", []):
+            first = _source(cell).split("\n", 1)[0]
+            assert SOLUTION_FIRST_LINE.fullmatch(first), f"{path.name} cell {i}: first line gives away {first!r}"
+
+
 def test_every_reference_is_in_the_bibliography() -> None:
     bibliography = "".join(_source(c) for c in _cells(BIBLIOGRAPHY))
     listed = set(ARXIV.findall(bibliography))
