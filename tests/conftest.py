@@ -25,11 +25,14 @@ threads as well; the roundoff bounds hold for every order.
 from __future__ import annotations
 
 import copy
+import http.server
+import threading
 import hashlib
 import math
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -490,6 +493,37 @@ def assert_close_to_roundoff(actual: Tensor, expected: Tensor, bound: Tensor, wh
         i = int(torch.argmax(torch.where(bad, err - bound, -1.0).flatten()))
         raise AssertionError(f"{what}: {int(bad.sum())} of {err.numel()} elements beyond their roundoff bound, "
                              f"worst {err.flatten()[i]:.3g} > {bound.flatten()[i]:.3g} (up to {ratio:.3g}x the bound)")
+
+
+def assert_every_wrong_inverse_is_caught(flow: nn.Module, x: Tensor, shift: float = 1e-3) -> list[str]:
+    """Guard a derived round-trip tolerance: an inverse with any one parameter tensor off by ``shift`` fails it.
+
+    The bound is the correct flow's round trip's (`roundoff`); returns the names of the parameters tried.
+    """
+    z, _ = flow(x)
+    bound = roundoff(lambda m, v: m.inverse(m(v)[0])[0], flow, x).bound
+    names = [n for n, _ in flow.named_parameters()]
+    assert names, "a flow without parameters cannot have a wrong inverse"
+    for name in names:
+        wrong = copy.deepcopy(flow)
+        with torch.no_grad():
+            wrong.get_parameter(name).add_(shift)
+        with pytest.raises(AssertionError, match="beyond their roundoff bound"):
+            assert_close_to_roundoff(wrong.inverse(z)[0], x, bound, name)
+    return names
+
+
+@contextmanager
+def serve_on_localhost(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``, in a thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def assert_same_function(fn_a: Callable[..., Tensor], fn_b: Callable[..., Tensor], module: nn.Module,

@@ -9,7 +9,6 @@ import gzip
 import http.server
 import os
 import shutil
-import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ import flowlib.datasets.download as download
 from flowlib.datasets.mnist import MNIST_FILES, data_root, load_mnist, mnist_splits
 from flowlib.files import workspace
 from flowlib.training.fit import batches
+
+from conftest import serve_on_localhost
 
 # The verified copy: $FLOWLIB_DATA when set (CI sets it), else ../shared/data beside the repository.
 SHARED = Path(os.environ.get("FLOWLIB_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -386,15 +387,8 @@ class _HostileHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile_server() -> Iterator[str]:
     """A local HTTP server on 127.0.0.1 serving `_HostileHandler`; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_localhost(_HostileHandler) as url:
+        yield url.rstrip("/")
 
 
 def _peak_memory(fn) -> tuple[int, BaseException | None]:

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -28,6 +27,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
+from conftest import serve_on_localhost
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("site_build", ROOT / "docs" / "build.py")
@@ -132,15 +133,8 @@ browser_support = pytest.importorskip("browser_support")
 @pytest.fixture(scope="module")
 def server(built) -> Iterator[str]:
     """The built site served on 127.0.0.1; its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(built["out"]))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_on_localhost(functools.partial(_QuietHandler, directory=str(built["out"]))) as url:
+        yield url
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
