@@ -25,7 +25,7 @@ _DESCRIPTION = ("Train NICE, RealNVP or Glow on MNIST, or NICE or RealNVP or a 2
 
 #: The ``--help`` epilog: what each exit status means.
 EXIT_STATUS = """exit status:
-  0    finished (results.json written)
+  0    finished (results.json written), or stopped by --max-steps or --max-minutes (continue with --resume)
   130  stopped by Ctrl-C or SIGTERM after saving a checkpoint: continue with --resume
   2    bad settings (an invalid option value, no CUDA GPU, MNIST not found)
   3    the loss diverged (NaN or Inf); the last good checkpoint is kept
@@ -47,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast for the nets where the hardware has it (auto, the default), or not")
+    p.add_argument("--matmul-precision", choices=["fp32", "tf32"],
+                   help="float32 matmuls and convolutions: true fp32 (the default) or TF32 on GPUs that have it")
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in total")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop (with a checkpoint; continue with --resume) after this many minutes of this call")
     p.add_argument("--eval-samples", type=int,
                    help="importance samples per test image in the final evaluation (default 1: the plain bound)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``; returns the exit status."""
     args = _parser().parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                  seed=args.seed, precision=args.precision, max_steps=args.max_steps, device=args.device,
+                  seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
+                  max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)
     try:
         config = make_config(args.model, args.preset, args.dataset,

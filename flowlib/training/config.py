@@ -36,7 +36,7 @@ from ..files import runs_dir, shown_path
 from .presets import MODELS, PRESET_NAMES, PRESETS
 from ..datasets.toy import TOY_DENSITIES
 from .fit import SCHEDULES, check_adam, check_clip_grad, check_seed
-from .precision import PRECISIONS
+from .precision import MATMUL_PRECISIONS, PRECISIONS
 from ..flow_model import FlowModel
 from ..models import glow, nice, realnvp_image, toy_model
 __all__ = [
@@ -54,9 +54,16 @@ class TrainConfig:
     ``dataset`` is ``"mnist"`` or a 2D toy density name
     (``flowlib.datasets.toy.TOY_DENSITIES``). ``precision`` is
     ``"auto"`` (bf16 where the hardware runs it natively), ``"bf16"`` or
-    ``"fp32"``; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
+    ``"fp32"``; ``matmul_precision`` is ``"fp32"`` (true float32 matmuls and
+    convolutions outside autocast, cuDNN's included) or ``"tf32"`` (TensorFloat-32
+    on GPUs that have it; `flowlib.training.precision.matmul_precision`), and
+    ``results.json`` records the one in effect; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
     run); ``compile`` runs each step's loss through ``torch.compile``
     (`flowlib.training.fit.compiled_loss`; its compile time counts in the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``max_minutes`` stops the run, with a checkpoint that ``--resume``
+    continues exactly, after that many minutes of this call (timed from its
+    start or resume, after at least one step; ``max_steps`` counts steps of the
+    whole run instead).
     ``eval_samples`` is the :math:`K` of the final test evaluation only
     (`flowlib.training.evaluate.log_likelihood_sum`): 1 is the plain dequantization bound,
     :math:`K > 1` the importance-weighted bound
@@ -84,6 +91,7 @@ class TrainConfig:
     clip_grad: float | None = None
     schedule: str = "constant"
     precision: str = "auto"
+    matmul_precision: str = "fp32"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     train_size: int | None = None
     eval_size: int | None = None
@@ -94,6 +102,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 50
     max_steps: int | None = None
+    max_minutes: float | None = None
     device: str = "auto"
     compile: bool = False
 
@@ -112,6 +121,7 @@ class TrainConfig:
         check_clip_grad(self.clip_grad)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
@@ -120,9 +130,9 @@ class TrainConfig:
         if not isinstance(self.out_dir, (str, os.PathLike)):
             raise ValueError(f"out_dir must be a path (str), got {self.out_dir!r}")
         self.out_dir = str(self.out_dir)
-        minutes = self.checkpoint_minutes
-        if isinstance(minutes, bool) or not isinstance(minutes, Real) or not (math.isfinite(minutes) and minutes > 0):
-            raise ValueError(f"checkpoint_minutes must be a positive finite number, got {minutes!r}")
+        _check_minutes("checkpoint_minutes", self.checkpoint_minutes)
+        if self.max_minutes is not None:
+            _check_minutes("max_minutes", self.max_minutes)
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -147,6 +157,8 @@ class TrainResult:
     out_dir: str
     world_size: int = 1
     torch_version: str = torch.__version__
+    #: float32 matmuls and convolutions as they ran: "fp32" or "tf32" (None in files written before it was recorded)
+    matmul_precision: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
@@ -159,13 +171,14 @@ class TrainResult:
         if self.test_bpd is not None and samples > 1:
             test += f", {samples} importance samples"
         best = "n/a" if self.best_valid_bpd is None else f"{self.best_valid_bpd:.4f}"
-        return (f"{self.config['model']} {self.config['preset']} on {self.device} ({self.precision}): "
+        arithmetic = self.precision + (", tf32 matmuls" if self.matmul_precision == "tf32" else "")
+        return (f"{self.config['model']} {self.config['preset']} on {self.device} ({arithmetic}): "
                 f"{self.epochs_done} epochs, {self.steps} steps, {self.wall_seconds / 60:.1f} min; "
                 f"best valid {best} bits/dim (epoch {self.best_epoch}); test {test}")
 
 
 #: Fields that may change when a run is resumed (more epochs, another device, ...).
-RESUMABLE_FIELDS = ("epochs", "max_steps", "out_dir", "device", "checkpoint_minutes", "log_every")
+RESUMABLE_FIELDS = ("epochs", "max_steps", "max_minutes", "out_dir", "device", "checkpoint_minutes", "log_every")
 
 #: The form of ``device``; whether that device exists is checked when a run starts.
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
@@ -173,6 +186,11 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_minutes(name: str, minutes: Any) -> None:
+    if isinstance(minutes, bool) or not isinstance(minutes, Real) or not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {minutes!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -192,7 +210,8 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
-                "weight_decay": "wd", "clip_grad": "clip", "schedule": "", "precision": "", "model_kwargs": "",
+                "weight_decay": "wd", "clip_grad": "clip", "schedule": "", "precision": "", "matmul_precision": "",
+                "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile"}
 
 

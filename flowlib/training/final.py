@@ -67,4 +67,5 @@ def _result(run: Run, test_bpd: float | None) -> TrainResult:
         best_valid_bpd=st.best_valid_bpd, best_epoch=st.best_epoch, test_bpd=test_bpd,
         test_nats=None if test_bpd is None else test_bpd * run.model.num_dims * math.log(2),
         history=st.history, interrupted=run.interrupted, device=device_name(run.device),
-        precision=run.precision, out_dir=shown_path(run.out), world_size=run.world)
+        precision=run.precision, out_dir=shown_path(run.out), world_size=run.world,
+        matmul_precision=run.matmul_precision)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..flow import check_int, check_positive, initialize_from_data, value_checks
 from ..metrics import bits_per_dim
 from .evaluate import Evaluation, evaluate
-from .precision import PRECISIONS, autocast, model_device
+from .precision import PRECISIONS, autocast, model_device, to_device
 
 __all__ = ["SCHEDULES", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
            "make_optimizer", "learning_rate", "negative_log_likelihood", "compiled_loss", "train_step", "FitResult",
@@ -151,10 +151,10 @@ def negative_log_likelihood(model: nn.Module, x: Tensor, scale: float, precision
                             net: nn.Module | None = None) -> Tensor:
     """The mean loss of the batch ``x``: :math:`-\\frac1B \\sum_b \\log p(x_b)` times ``scale`` (`loss_scale`).
 
-    The nets run under ``precision``'s autocast; the prior, the log-dets and the mean stay in float32 (or the
-    model's dtype). ``net`` as in `train_step`.
+    The nets run under ``precision``'s autocast for the model's device type; the prior, the log-dets and the
+    mean stay in float32 (or the model's dtype). ``net`` as in `train_step`.
     """
-    with autocast(precision, x.device):
+    with autocast(precision, model_device(model)):
         if net is None:
             log_p = model.log_prob(x)
         else:
@@ -258,10 +258,12 @@ def fit(
     """Train ``model`` by maximum likelihood with Adam for ``steps`` mini-batches.
 
     Batches come from `batches` (reshuffled every epoch by a
-    generator seeded with ``seed``) and move to the model's device, so the
-    data may stay on the CPU. Before the first step, layers that start from
-    the data do so (`~flowlib.flow.initialize_from_data`); value checks run
-    on the first batch only. ``valid`` is evaluated every ``eval_every``
+    generator seeded with ``seed``) and move to the model's device
+    (`~flowlib.training.precision.to_device`: through pinned memory and
+    without a host sync on CUDA), so the data may stay on the CPU. Before
+    the first step, layers that start from the data do so
+    (`~flowlib.flow.initialize_from_data`); value checks run on the first
+    batch only. ``valid`` is evaluated every ``eval_every``
     steps (default: 5 times in all) and ``test`` once at the end, both with
     `evaluate`. ``callback(step, mean loss since the last call)`` runs every
     ``callback_every`` steps and after the last (progress bars, widgets).
@@ -280,7 +282,7 @@ def fit(
     start = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
-        x = next(source).to(device)
+        x = to_device(next(source), device)
         if step == 1:
             initialize_from_data(model, x)
         for group in optimizer.param_groups:

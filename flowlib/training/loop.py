@@ -12,11 +12,13 @@ happens in between:
   `flowlib.training.distributed.LocalShare`. Every ``log_every`` steps the
   loss is read back (the only host sync), checked to be finite, the processes
   agree on a stop signal, and a checkpoint is written when
-  ``checkpoint_minutes`` have passed.
+  ``checkpoint_minutes`` have passed. The data and the epoch's order live on
+  the device, so a step copies nothing from the host.
 * `end_of_epoch`: validation (`evaluate_split`), the best model, a checkpoint.
 * `stop_agreed`, `Stop`, `stopped`: a stop signal (`flowlib.training.stopping`)
   is read between steps and between evaluation batches only, where the state
-  is whole, so the checkpoint written on a stop resumes bit for bit.
+  is whole, so the checkpoint written on a stop resumes bit for bit; so are
+  ``max_steps`` and ``max_minutes`` (`Run.out_of_time`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .config import TrainConfig, config_dict
 from .distributed import all_reduce_sum, rank_and_world
 from .evaluate import EVAL_SEED, log_likelihood_sum
 from .fit import learning_rate, train_step
+from .precision import to_device
 from .stopping import StopFlag
 
 __all__ = ["TrainState", "Run", "Stop", "TrainingDiverged", "epoch_order", "one_epoch", "end_of_epoch",
@@ -53,11 +56,15 @@ class TrainingDiverged(RuntimeError):
 
 
 class Stop(Exception):
-    """Leave the loop at a step or evaluation-batch boundary (``by_user``: a signal, else ``max_steps``)."""
+    """Leave the loop at a step or evaluation-batch boundary.
 
-    def __init__(self, by_user: bool) -> None:
+    ``by_user``: a signal (else ``max_steps`` or ``max_minutes``); ``note``: what `stopped` says after saving.
+    """
+
+    def __init__(self, by_user: bool, note: str = "") -> None:
         super().__init__()
         self.by_user = by_user
+        self.note = note
 
 
 @dataclass(slots=True)
@@ -103,6 +110,9 @@ class Run:
     in_step: bool = False  # inside a step: a KeyboardInterrupt now would leave it half done
     interrupted: bool = False  # stopped by a signal (the command line exits 130)
     started: float = 0.0  # time.perf_counter() at wall_seconds 0
+    opened: float = 0.0  # time.perf_counter() when this call started or resumed the run (``max_minutes``)
+    steps_at_open: int = 0  # state.steps then
+    matmul_precision: str = "fp32"  # float32 matmuls and convolutions as they run: "fp32" or "tf32"
     last_checkpoint: float = field(default_factory=time.perf_counter)
 
     @property
@@ -133,6 +143,15 @@ class Run:
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    def out_of_time(self) -> bool:
+        """Whether this call's ``max_minutes`` are spent (never before its first step, so every call moves on).
+
+        One process reads it before every step; under torchrun the processes agree on it at log points (`_log`).
+        """
+        limit = self.config.max_minutes
+        return (limit is not None and self.state.steps > self.steps_at_open
+                and time.perf_counter() - self.opened >= 60 * limit)
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The data order of an epoch: a function of ``(seed, epoch)`` only.
@@ -147,7 +166,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 def one_epoch(run: Run, progress: bool) -> None:
     """The steps of the current epoch, from where it stands to its end; stops only between steps."""
     cfg, st = run.config, run.state
-    order = epoch_order(run.splits["train"].shape[0], cfg.seed, st.epoch).to(run.device)
+    order = to_device(epoch_order(run.splits["train"].shape[0], cfg.seed, st.epoch), run.device)
     loss_sum = torch.tensor(st.loss_sum, dtype=torch.float64, device=run.device)
     bar = _progress(run.steps_per_epoch, f"epoch {st.epoch + 1}/{cfg.epochs}", progress and run.rank == 0)
     bar.update(st.step_in_epoch)
@@ -160,6 +179,8 @@ def one_epoch(run: Run, progress: bool) -> None:
                     raise Stop(by_user=True)
                 if cfg.max_steps is not None and st.steps >= cfg.max_steps:
                     raise Stop(by_user=False)
+                if run.world == 1 and run.out_of_time():
+                    raise Stop(by_user=False, note=_time_note(run))
                 _step(run, order, loss_sum)
                 seen += 1
                 if seen % cfg.log_every == 0 or st.step_in_epoch == run.steps_per_epoch:
@@ -203,6 +224,12 @@ def _log(run: Run, bar: Any, samples_per_s: float) -> None:
     bar.update(st.step_in_epoch - bar.n)
     if run.world > 1 and stop_agreed(run):  # a single process checks before every step
         raise Stop(by_user=True)
+    if run.world > 1 and run.config.max_minutes is not None and _on_any_process(run, run.out_of_time()):
+        raise Stop(by_user=False, note=_time_note(run))  # all stop together, at a log point
+
+
+def _time_note(run: Run) -> str:
+    return f"Time budget of {run.config.max_minutes:g} minutes reached"
 
 
 def _check_finite(run: Run, mean_loss: float) -> None:
@@ -218,8 +245,12 @@ def stop_agreed(run: Run) -> bool:
     """Whether a stop signal came, to this process or (under torchrun) to any: all stop at the same point."""
     if run.world == 1:
         return run.stop.signal is not None
-    flag = torch.tensor(float(run.stop.signal is not None), device=run.device)
-    return all_reduce_sum(flag).item() > 0
+    return _on_any_process(run, run.stop.signal is not None)
+
+
+def _on_any_process(run: Run, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (an all-reduce and a host sync)."""
+    return all_reduce_sum(torch.tensor(float(flag), device=run.device)).item() > 0
 
 
 def end_of_epoch(run: Run, progress: bool, on_epoch: Callable[[dict[str, float]], None] | None) -> None:
@@ -288,16 +319,33 @@ def checkpoint_if_due(run: Run, last_epoch: bool = False) -> None:
         save_checkpoint(run)
 
 
-def stopped(run: Run, by_user: bool) -> None:
+def stopped(run: Run, by_user: bool, note: str = "") -> None:
     """After a `Stop` (or a KeyboardInterrupt between steps): save the state, say how to continue."""
     run.interrupted = by_user
     save_checkpoint(run)
-    if run.rank == 0 and by_user:
-        print(f"Stopped: checkpoint saved to {run.path('checkpoint.pt')}; continue with resume=True (--resume).",
-              file=sys.stderr)
+    if run.rank == 0 and (by_user or note):
+        print(f"{note or 'Stopped'}: checkpoint saved to {run.path('checkpoint.pt')} at step {run.state.steps}; "
+              f"continue with resume=True (--resume).", file=sys.stderr)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+class _NoBar:
+    """What the loop needs of a progress bar, doing nothing (no tqdm needed when progress is off)."""
+
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True)

@@ -26,8 +26,9 @@ Ctrl-C and SIGTERM raise a flag (`flowlib.training.stopping`) that the loop
 reads between steps and the evaluations between batches, from the first step
 to the end of the final evaluation, so the checkpoint written on a stop is
 the state after the last completed step and ``--resume`` continues bit for
-bit. README.md ("What the trainer guarantees") lists the guarantees and how
-they are tested.
+bit; ``max_steps`` and ``max_minutes`` stop at the same places, so a run
+can be trained in calls of a few minutes each. README.md ("What the trainer
+guarantees") lists the guarantees and how they are tested.
 
     python -m flowlib.training nice --preset cpu            # flowlib.training.cli
     python -m flowlib.training realnvp --preset cpu --resume
@@ -60,7 +61,7 @@ from .distributed import (broadcast_object, device_name, init_distributed, rank_
 from .final import finish
 from .fit import make_optimizer
 from .loop import Run, Stop, TrainingDiverged, TrainState, end_of_epoch, epoch_order, one_epoch, stopped
-from .precision import resolve_precision
+from .precision import matmul_precision, resolve_precision
 from .stopping import stop_signals_to
 
 __all__ = ["train", "TrainingDiverged"]
@@ -90,7 +91,7 @@ def _epochs(run: Run, progress: bool, on_epoch: Callable[[dict[str, float]], Non
             one_epoch(run, progress)
             end_of_epoch(run, progress, on_epoch)
     except Stop as stop:
-        stopped(run, by_user=stop.by_user)
+        stopped(run, by_user=stop.by_user, note=stop.note)
     except KeyboardInterrupt:
         if run.in_step or run.stop.signal is not None:
             print(f"Stopped without saving; the last checkpoint in {run.out} stays.", file=sys.stderr)
@@ -100,7 +101,7 @@ def _epochs(run: Run, progress: bool, on_epoch: Callable[[dict[str, float]], Non
 
 @contextmanager
 def _opened(config: TrainConfig) -> Iterator[Run]:
-    """The run, set up: process group and locked run folder, released however the block ends."""
+    """The run, set up: process group, locked run folder and float32 matmul precision, undone however it ends."""
     device = resolve_device(config.device)
     started = init_distributed(device)
     lock = None
@@ -112,7 +113,10 @@ def _opened(config: TrainConfig) -> Iterator[Run]:
             check_writable(config.out_dir)
             lock = RunLock(config.out_dir)
             lock.acquire()
-        yield _built(config, device)
+        with matmul_precision(config.matmul_precision, device) as effective:
+            run = _built(config, device)
+            run.matmul_precision = effective
+            yield run
     finally:
         if lock is not None:
             lock.release()
@@ -120,11 +124,12 @@ def _opened(config: TrainConfig) -> Iterator[Run]:
 
 
 def _built(config: TrainConfig, device: torch.device) -> Run:
-    """Data, model and optimizer on ``device``; one batch's values checked once (the loop runs without checks)."""
+    """Data, model and optimizer on ``device``; one batch's values checked once (the loop runs without checks).
+
+    The whole data set moves to the device once, so the steps index it there and copy nothing from the host.
+    """
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     splits = {k: v.to(device) for k, v in load_dataset(config).items()}
     torch.manual_seed(config.seed)
@@ -148,9 +153,11 @@ def _start_or_restore(run: Run, resume: bool) -> None:
         _start(run)
     run.net = wrap_data_parallel(run.model, run.device)
     run.started = time.perf_counter() - run.state.wall_seconds
+    run.opened, run.steps_at_open = time.perf_counter(), run.state.steps
     if run.rank == 0:
         st, cfg = run.state, run.config
-        print(f"Training {cfg.model} ({cfg.preset}) on {device_name(run.device)}, {run.precision}: "
+        tf32 = ", tf32 matmuls" if run.matmul_precision == "tf32" else ""
+        print(f"Training {cfg.model} ({cfg.preset}) on {device_name(run.device)}, {run.precision}{tf32}: "
               f"{run.steps_per_epoch} steps an epoch, epoch {st.epoch + 1} step {st.step_in_epoch} "
               f"of {cfg.epochs} epochs; run folder {run.out}", file=sys.stderr, flush=True)
 
