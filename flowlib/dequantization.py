@@ -62,6 +62,7 @@ The conditioner nets start at zero, so :math:`h = \\varepsilon`: at
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Integral
 
@@ -209,6 +210,13 @@ def _log_sigmoid_derivative(h: Tensor) -> Tensor:
     return -(F.softplus(h) + F.softplus(-h)).flatten(1).sum(1)
 
 
+
+@functools.lru_cache(maxsize=16)
+def _checkerboard_on(channels: int, height: int, width: int, parity: int, device: torch.device,
+                     dtype: torch.dtype) -> Tensor:
+    """`checkerboard_mask` as 0/1 in ``dtype`` on ``device``, made once per shape (no copy to the GPU per step)."""
+    return checkerboard_mask(channels, height, width, parity).to(device=device, dtype=dtype)
+
 class ConditionalAffineCoupling(nn.Module):
     """An affine checkerboard coupling whose net also sees a context :math:`c`.
 
@@ -252,7 +260,7 @@ class ConditionalAffineCoupling(nn.Module):
     def _keep(self, eps: Tensor) -> Tensor:
         """The checkerboard :math:`b` for ``eps``'s height and width, as 0/1 in its dtype."""
         _, c, h, w = eps.shape
-        return checkerboard_mask(c, h, w, self.parity).to(device=eps.device, dtype=eps.dtype)
+        return _checkerboard_on(c, h, w, self.parity, eps.device, eps.dtype)
 
     def scale_and_shift(self, eps: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(1-b) \\odot s` and :math:`(1-b) \\odot t` from :math:`[b \\odot \\varepsilon, c]`."""

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..metrics import bits_per_dim
-from .precision import autocast, model_device
+from .precision import autocast, model_device, to_device
 
 __all__ = ["EVAL_SEED", "Evaluation", "log_likelihood_sum", "evaluate"]
 
@@ -105,7 +105,7 @@ def log_likelihood_sum(
     try:
         with _evaluation_noise(device, seed):
             for start in range(0, data.shape[0], batch_size):
-                x = data[start:start + batch_size].to(device)
+                x = to_device(data[start:start + batch_size], device)
                 if samples == 1:
                     with autocast(precision, device):
                         total += model.log_prob(x).double().sum()
