@@ -5,8 +5,9 @@ build copies the chapters into a scratch source folder (``build/site-src``,
 ignored by git) and changes the copies only in how they are shown:
 
 * a solution (a cell tagged ``solution``) is collapsed behind a line that
-  says only "Solution N.M": a markdown solution inside ``<details>``, a code
-  solution as a hidden cell whose toggle names it;
+  says only "Solution N.M": a markdown solution inside ``<details>`` (one
+  stored inside ``<details>`` already keeps its label, less "(click to
+  show)"), a code solution as a hidden cell whose toggle names it;
 * each chapter gets, under its title, a line saying how to run it locally;
 * the landing page gets the (hidden) table of contents that gives the
   sidebar and the previous / next links;
@@ -47,6 +48,8 @@ RUN_LOCALLY = ("*Run this chapter yourself: download the notebook with the downl
                "page, or clone the book and run* `python3 run.py book` *(see the [contents](00-index.ipynb)).*")
 
 _SOLUTION = re.compile(r"Solution\s+(\d+\.\d+)")
+#: The first line of a markdown solution as the chapters store it: its label and "(click to show)".
+_STORED_DETAILS = re.compile(r"<details><summary>(.*?)(?: \(click to show\))?</summary>\n")
 _ARXIV = re.compile(r"\[arXiv:(\d{4}\.\d{4,5})\]")
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -71,6 +74,9 @@ def show_solution_collapsed(cell: dict, name: str) -> dict:
     """A solution cell as the site shows it: collapsed behind ``name``, nothing else visible."""
     if cell["cell_type"] == "markdown":
         body = "".join(cell["source"])
+        stored = _STORED_DETAILS.match(body)
+        if stored:  # stored collapsed (flowlib.book.notebook_format): its label, in the site's own element
+            name, body = stored.group(1), body[stored.end():].strip().removesuffix("</details>").strip()
         # An HTML block ends at a blank line, so the solution between the tags is read as markdown (with math).
         cell["source"] = f'<details class="solution">\n<summary>{name}</summary>\n\n{body}\n\n</details>\n'
     else:

@@ -209,7 +209,7 @@ def check_requires_token(server: Server) -> None:
 
 
 @contextmanager
-def jupyterlab(root: Path, state: Path, figures: Path) -> Iterator[Server]:
+def jupyterlab(root: Path, state: Path, figures: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
     """Run JupyterLab on ``root`` at ``http://127.0.0.1:<free port>`` behind a fresh token.
 
     Yields the `Server` (base URL and token) once it answers an authorised
@@ -217,7 +217,7 @@ def jupyterlab(root: Path, state: Path, figures: Path) -> Iterator[Server]:
     live under ``state`` and the kernel's figures go to ``figures``, so
     nothing is written to the repository or the home folder. The server, its
     kernels and anything else it started are stopped on exit, also when the
-    test failed.
+    test failed. ``extra_args`` go to JupyterLab's command line.
     """
     dirs = {name: state / name for name in ("config", "runtime", "settings", "workspaces", "data", "ipython")}
     for d in dirs.values():
@@ -237,7 +237,7 @@ def jupyterlab(root: Path, state: Path, figures: Path) -> Iterator[Server]:
     port = _free_port()
     cmd = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", *extra_args,
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")

@@ -1,4 +1,4 @@
-"""Small helpers the chapters share: quick mode, seeding, figures, run info.
+"""Small helpers the chapters share: quick mode, seeding, where figures go, run info.
 
 Set ``FLOWLIB_QUICK=1`` to make every training cell short (CI does); unset,
 chapters run their real budget, sized for the device found.
@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import figures_dir
-
 __all__ = ["quick_mode", "seed_everything", "figure_path", "run_info", "Timer", "image_grid"]
 
 
@@ -34,25 +32,35 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+_scratch: Path | None = None  # this process's scratch folder for figures, made on first use
+
+
 def figure_path(name: str) -> Path:
-    """Where a chapter saves figure ``name``: ``figures/`` for full runs, a scratch folder otherwise.
+    """Where a chapter saves figure ``name``: ``$FLOWLIB_FIGURES`` when set, else a scratch folder.
 
-    ``$FLOWLIB_FIGURES`` wins when set (the test command sets a temporary
-    folder). In quick mode without it, figures go to
-    ``<tmp>/flowlib-figures-quick``: a quick run never overwrites the figures
-    of the stored full runs.
+    Only the command that rebuilds the book (``python3 run.py rebuild``) sets
+    ``$FLOWLIB_FIGURES`` to ``figures/``; the test command sets a temporary
+    folder. A reader's run, quick or full, saves into a fresh folder under the
+    system's temporary folder, made once per process, so running a chapter
+    never changes a file git tracks; the chapter shows each figure inline
+    as well (the inline backend), so nothing is lost.
 
-    >>> figure_path("ch01-example.png").name
-    'ch01-example.png'
+    >>> from unittest import mock
+    >>> from flowlib.files import figures_dir
+    >>> with mock.patch.dict(os.environ, {"FLOWLIB_FIGURES": ""}):
+    ...     path = figure_path("ch01-example.png")
+    >>> path.name, path.parent == figures_dir(), path.parent.is_dir()
+    ('ch01-example.png', False, True)
     """
+    global _scratch
     env = os.environ.get("FLOWLIB_FIGURES")
     if env:
         folder = Path(env)
-    elif quick_mode():
-        folder = Path(tempfile.gettempdir()) / "flowlib-figures-quick"
+        folder.mkdir(parents=True, exist_ok=True)
     else:
-        folder = figures_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+        if _scratch is None or not _scratch.is_dir():
+            _scratch = Path(tempfile.mkdtemp(prefix="flowlib-figures-"))
+        folder = _scratch
     return folder / name
 
 
