@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import pytest
 
 import flowlib.book.playground as pg
+import flowlib.book.playground_training as pg_training
 from flowlib.book.analysis import count_parameters
 from flowlib.book.baselines import true_nll
 from flowlib.training.evaluate import evaluate
@@ -38,6 +39,11 @@ def _classes(widget) -> list[str]:
 
 def _data_png(name: str) -> bytes:
     return draw_playground(None, toy_splits(name, 256, 128, seed=0)[0])
+
+
+def _untimed(status: str) -> str:
+    """A status line without its seconds, which differ between two runs of the same training."""
+    return re.sub(r"trained in [0-9.]+ s", "trained in ... s", status)
 
 
 def test_playground_imports_neither_the_trainer_nor_widgets_eagerly() -> None:
@@ -76,7 +82,7 @@ def test_train_reports_the_fit_and_evaluation_of_flowlib_fit() -> None:
     png = draw_playground(model, train, title="two_moons, realnvp")
     assert bytes(parts["plot"].value) == png != before
     run = train_playground("two_moons", "realnvp", 2, 8, 20, 1e-2, n_train=256, n_test=128, batch_size=64)
-    assert run.png == png and run.nll == pytest.approx(nll) and run.status == status
+    assert run.png == png and run.nll == pytest.approx(nll) and _untimed(run.status) == _untimed(status)
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def fit_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict:
         seen.update(kwargs)
         return fit(model, train, **kwargs)
 
-    monkeypatch.setattr(pg, "fit", spy)
+    monkeypatch.setattr(pg_training, "fit", spy)
     return seen
 
 
@@ -120,7 +126,7 @@ def test_a_control_changed_while_training_keeps_the_result(monkeypatch: pytest.M
         parts["density"].value = "pinwheel"  # a change that reaches the kernel while it trains
         return fit(model, train, **kwargs)
 
-    monkeypatch.setattr(pg, "fit", fit_and_fiddle)
+    monkeypatch.setattr(pg_training, "fit", fit_and_fiddle)
     parts["train"].click()
     assert all(during["disabled"])
     trained, result = bytes(parts["plot"].value), parts["status"].value
@@ -170,7 +176,7 @@ def test_training_error_is_shown_and_the_ui_stays_usable(monkeypatch: pytest.Mon
     def broken(*args, **kwargs):
         raise RuntimeError("no luck")
 
-    monkeypatch.setattr(pg, "fit", broken)
+    monkeypatch.setattr(pg_training, "fit", broken)
     box = playground(**SMALL)
     box.parts["train"].click()  # ipywidgets logs the exception that the handler re-raises
     assert re.search(r"error.*RuntimeError: no luck", box.parts["status"].value)
@@ -207,19 +213,28 @@ def test_pictures_are_not_cut_at_the_edges() -> None:
 
 
 def _displayed(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """The mime bundles that `show` displays, PNG bytes decoded."""
+    """The mime bundles that `show` displays, PNG bytes decoded, as a notebook stores them: an
+    ``update_display`` replaces the output with its ``display_id`` (as JupyterLab and nbclient do)."""
     import IPython.display
 
     shown: list = []
+    ids: dict = {}
 
-    def display(*objs, raw=False, **kwargs):
-        assert raw
-        for obj in objs:
-            if "image/png" in obj:
-                obj = {**obj, "image/png": base64.b64decode(obj["image/png"])}
-            shown.append(obj)
+    def decoded(obj: dict) -> dict:
+        return {**obj, "image/png": base64.b64decode(obj["image/png"])} if "image/png" in obj else obj
+
+    def display(*objs, raw=False, display_id=None, **kwargs):
+        assert raw and len(objs) == 1
+        if display_id is not None:
+            ids[display_id] = len(shown)
+        shown.append(decoded(objs[0]))
+
+    def update_display(obj, *, display_id, raw=False, **kwargs):
+        assert raw and display_id in ids
+        shown[ids[display_id]] = decoded(obj)
 
     monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(IPython.display, "update_display", update_display)
     return shown
 
 
@@ -239,12 +254,13 @@ def test_show_gives_the_trained_widget_and_its_picture(monkeypatch: pytest.Monke
     assert first[WIDGET_VIEW]["model_id"] == box.model_id
     run = train_playground("rings", "nice", 2, 8, 20, DEFAULT_LR["nice"], n_train=256, n_test=128, batch_size=64)
     assert first["image/png"] == bytes(box.parts["plot"].value) == run.png
-    assert box.parts["status"].value == run.status
+    assert _untimed(box.parts["status"].value) == _untimed(run.status)
     # 2: a hidden, empty widget for front ends with widgets, a caption for the others
     hidden = _model(second[WIDGET_VIEW]["model_id"])
     assert hidden.value == "" and hidden.layout.display == "none"
     text = second["text/markdown"]
-    assert run.status in text and "2 couplings of width 8, 20 steps, lr 1e-3" in text
+    untimed = re.sub(r", trained in [0-9.]+ s", "", box.parts["status"].value)  # the caption is the same on every run
+    assert untimed in text and "2 couplings of width 8, 20 steps, lr 1e-3, seed 0" in text
     assert "JupyterLab" in text and "quick mode" not in text and second["text/plain"] in text
 
 

@@ -9,7 +9,13 @@ with Adam and a cosine learning-rate decay (`flowlib.training.fit.fit`), then re
 the test NLL (`flowlib.training.evaluate.evaluate`) and draws data | learned density |
 samples (`flowlib.book.plots.plot_density_and_samples`); `train_playground` is
 that Train button without the widget. The controls are built
-(`playground_controls`), then wired (`_PlaygroundWiring`). Chapter 1's widget
+(`playground_controls`), then wired (`_PlaygroundWiring`). What the widget
+says and does is made by plain functions in `flowlib.book.playground_training`
+(re-exported here): `training_line` while it trains (through
+`progress_reporter`, `fit`'s callback), `result_line` when done,
+`idle_line` between trainings, and `press_seed` decides what a press of Train
+does (a press with the settings of the result on display trains nothing; a
+second one retrains with the next seed). Chapter 1's widget
 and `show`, which puts any of these widgets on a page with its picture, are in
 `flowlib.book.widgets`.
 
@@ -21,19 +27,18 @@ are imported only when a widget or a picture is made.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from dataclasses import astuple, dataclass, fields
+from typing import Any
 
-from .analysis import count_parameters
-from ..training.fit import evaluate, fit
-from ..flow_model import FlowModel
-from ..models import toy_model
-from .plots import figure_png, plot_density_and_samples
 from ..datasets.toy import TOY_DENSITIES, toy_splits
+from .playground_training import (DEFAULT_LR, DEFAULTS, PROGRESS_EVERY, QUICK_STEPS, PlaygroundRun, PlaygroundSettings,
+                                  draw_playground, idle_line, press_seed, progress_reporter, result_line,
+                                  train_playground, training_line)
 
 __all__ = [
-    "DEFAULTS", "DEFAULT_LR", "PLAYGROUND_CLASSES", "QUICK_STEPS", "PlaygroundControls", "PlaygroundRun", "draw_playground",
-    "playground", "playground_controls", "train_playground",
+    "DEFAULTS", "DEFAULT_LR", "PLAYGROUND_CLASSES", "PROGRESS_EVERY", "QUICK_STEPS", "PlaygroundControls", "PlaygroundRun",
+    "PlaygroundSettings", "draw_playground", "idle_line", "playground", "playground_controls", "press_seed",
+    "progress_reporter", "result_line", "train_playground", "training_line",
 ]
 
 #: CSS classes that the widgets put on their parts (a browser test relies on them).
@@ -51,93 +56,6 @@ PLAYGROUND_CLASSES: dict[str, str] = {
     "plot": "flowlib-plot",
     "transform_root": "flowlib-transform-playground",
 }
-
-#: The playground's settings for each model kind (arguments left ``None``),
-#: with 10000 training points, batches of 256 and seed 0: 15-25 s of training
-#: on one CPU core. Chosen by measuring, on all six toy densities, the test NLL
-#: minus the density's true NLL on the same 5000 test points (its log-density
-#: by numerical integrals of the generating process; the same numbers as
-#: `flowlib.book.baselines.true_nll` for the four it covers), and comparing with a
-#: run of about three times the work (16 couplings, 6000 steps). In nats, for two_moons,
-#: 8gaussians, checkerboard, pinwheel, 2spirals, rings (the long run in brackets):
-#:
-#: * RealNVP, 8 couplings of width 64, 4000 steps, lr 3e-3: 0.02, 0.09, 0.20,
-#:   0.09, 0.22, 0.61 (0.02, 0.07, 0.09, 0.05, 0.17, 0.50). The earlier
-#:   defaults, 6 couplings and 1000 steps: 0.05, 0.17, 0.24, 0.19, 0.47, 0.75.
-#: * NICE, 12 couplings of width 64, 3000 steps, lr 1e-3: 0.11, 0.44, 0.42,
-#:   0.21, 0.38, 1.01 (0.10, 0.38, 0.40, 0.11, 0.37, 1.01). The earlier
-#:   defaults: 0.22, 0.79, 0.57, 0.43, 0.99, 1.01. At lr 3e-3 NICE stays one
-#:   wide blob on 8gaussians (1.52).
-#:
-#: So each kind gets within about 0.1 nats of what it reaches with three times
-#: the work; what is left is the model's limit. Neither fits ``rings``; NICE
-#: does not move from its starting blob there (1.01 at every setting tried) and
-#: fits ``8gaussians`` only roughly: both densities are symmetric under
-#: :math:`x_i \to -x_i`, so at NICE's start (identity couplings) the expected
-#: gradient of every coupling vanishes (chapter 3 measures it).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "nice": {"num_couplings": 12, "hidden": 64, "steps": 3000, "lr": 1e-3},
-    "realnvp": {"num_couplings": 8, "hidden": 64, "steps": 4000, "lr": 3e-3},
-}
-
-#: The default learning rate of each model kind (``DEFAULTS[kind]["lr"]``).
-DEFAULT_LR: dict[str, float] = {kind: float(d["lr"]) for kind, d in DEFAULTS.items()}
-
-#: Training steps of `show`'s picture of the playground in quick mode (`flowlib.book.chapter.quick_mode`).
-QUICK_STEPS = 60
-
-
-
-def draw_playground(model: FlowModel | None, data: Any, title: str | None = None) -> bytes:
-    """The playground's picture as PNG bytes: `~flowlib.book.plots.plot_density_and_samples` of ``model`` and ``data``.
-
-    With ``model=None`` only the data panel is filled.
-
-    >>> import matplotlib; matplotlib.use("Agg")
-    >>> import torch
-    >>> draw_playground(None, torch.randn(100, 2))[:4]
-    b'\\x89PNG'
-    """
-    return figure_png(plot_density_and_samples(model, data, title=title))
-
-
-@dataclass
-class PlaygroundRun:
-    """One press of Train: the trained ``model``, its test NLL (nats), the ``status`` line and the picture (``png``)."""
-
-    model: FlowModel
-    nll: float
-    status: str
-    png: bytes
-
-
-def train_playground(
-    density: str, kind: str, num_couplings: int, hidden: int, steps: int, lr: float,
-    n_train: int = 10000, n_test: int = 5000, batch_size: int = 256, seed: int = 0,
-    callback: Callable[[int, float], None] | None = None,
-) -> PlaygroundRun:
-    """What the playground's Train button does, without the widget.
-
-    Draws ``n_train`` and ``n_test`` independent points of ``density``
-    (`~flowlib.datasets.toy.toy_splits`, seeded with ``seed``), builds
-    `~flowlib.models.toy_model` (seeded with ``seed``), fits it with
-    `~flowlib.training.fit.fit` (nats, Adam, cosine decay from ``lr``, gradients
-    clipped at 10; ``callback(step, loss)`` every 50 steps), evaluates the
-    test NLL with `~flowlib.training.evaluate.evaluate` and draws `draw_playground`.
-
-    >>> import matplotlib; matplotlib.use("Agg")
-    >>> run = train_playground("rings", "nice", 1, 4, steps=20, lr=1e-3, n_train=256, n_test=64, batch_size=64)
-    >>> run.status.startswith("rings, nice, ") and "test NLL" in run.status, run.png[:4]
-    (True, b'\\x89PNG')
-    """
-    train, test = toy_splits(density, n_train, n_test, seed=seed)
-    model = toy_model(kind, num_couplings, hidden, seed=seed)
-    fit(model, train, steps=steps, batch_size=batch_size, lr=lr, clip_grad=10.0, schedule="cosine",
-        unit="nats", seed=seed, callback=callback)
-    nll = evaluate(model, test).nats
-    status = f"{density}, {kind}, {count_parameters(model)} parameters: test NLL {nll:.3f} nats"
-    return PlaygroundRun(model, nll, status, draw_playground(model, train, title=f"{density}, {kind}"))
-
 
 def playground(
     density: str = "two_moons", kind: str = "realnvp", num_couplings: int | None = None,
@@ -157,21 +75,32 @@ def playground(
     (``flowlib-plot``). The whole box has class ``flowlib-playground``; the
     names are in `PLAYGROUND_CLASSES` and the widgets in ``box.parts``.
 
-    Train runs `train_playground` with the controls' values. The picture
+    Train runs `train_playground` with the controls' values. From the moment
+    it starts, the progress bar and the status line follow the training
+    (`training_line`: the settings, the seed, the step and the train loss,
+    several times a second); when it ends, the status line names the settings,
+    the seed, the seconds and the test NLL (`result_line`). The picture
     shows the data of the chosen density until the first Train; from then on
     it shows the result of the last training (data | learned density |
-    samples, with the test NLL in the status line) until the next Train
-    finishes. A control changed while a training runs therefore never
-    replaces its result, whenever the kernel gets the change (a front end's
-    messages wait in the kernel's queue until the training ends); the status
-    line says which density the next Train fits. While it trains, the
-    controls are disabled.
+    samples) until the next Train finishes. A control changed while a
+    training runs therefore never replaces its result, whenever the kernel
+    gets the change (a front end's messages wait in the kernel's queue until
+    the training ends); the status line says what the next Train fits
+    (`idle_line`). While it trains, the controls are disabled.
+
+    A press with the settings of the result on display trains nothing: the
+    status line says that this result is current and that a second press
+    retrains with the next seed, which the second press does (`press_seed`).
+    A changed setting trains with the seed of the result on display. Every
+    seed draws the same data (``seed``); it changes the model's start and the
+    order of the batches.
 
     Settings left ``None`` start at `DEFAULTS` for the model kind and follow
     the model dropdown until their control is moved. ``box.picture(quick)``
-    presses Train (for at most `QUICK_STEPS` steps when ``quick``; the steps
-    slider keeps its value) and returns the picture and what it shows: what
-    `show` displays for front ends without widgets.
+    trains with the controls' settings and ``seed`` (for at most
+    `QUICK_STEPS` steps when ``quick``; the steps slider keeps its value) and
+    returns the picture and what it shows: what `show` displays for front
+    ends without widgets.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> box = playground("rings", num_couplings=1, hidden=4, steps=20, n_train=256, n_test=64, batch_size=64)
@@ -249,10 +178,12 @@ class _PlaygroundWiring:
 
         self.c, self.data = controls, data
         self.training = False
-        self.result: tuple[str, str] | None = None  # (density, status line) of the last Train
+        self.shown: PlaygroundRun | None = None  # the result on display
+        self.armed = False  # the last press found it current, and nothing changed since
         self.show_data()
-        controls.density.observe(self.show_data, names="value")
         controls.model.observe(self.follow_kind, names="value")
+        for widget in controls.settings:
+            widget.observe(self.on_change, names="value")
         controls.train.on_click(self.on_train)
         c = controls
         self.box = w.VBox([w.VBox(c.settings + [w.HBox([c.train, c.progress]), c.status]), c.plot])
@@ -260,18 +191,28 @@ class _PlaygroundWiring:
         self.box.parts = c.parts  # direct access for tests and readers
         self.box.picture = self.picture
 
-    def show_data(self, change: Any = None) -> None:
-        """The data until the first Train; then the last result, saying when the density has changed since."""
+    def wanted(self) -> PlaygroundSettings:
+        """The controls' settings: what the next Train fits."""
         c = self.c
+        return PlaygroundSettings(c.density.value, c.model.value, c.couplings.value, c.hidden.value, c.steps.value,
+                                  c.lr.value)
+
+    def show_data(self) -> None:
+        """The data of the chosen density, before the first Train."""
+        train, _ = toy_splits(self.c.density.value, self.data["n_train"], self.data["n_test"], seed=self.data["seed"])
+        self.c.plot.value = draw_playground(None, train)
+        self.c.status.value = "press Train"
+
+    def on_change(self, change: Any = None) -> None:
+        """A changed setting: the data until the first Train; then the last result, saying what Train would fit."""
         if self.training:
             return
-        if self.result is None:
-            train, _ = toy_splits(c.density.value, self.data["n_train"], self.data["n_test"], seed=self.data["seed"])
-            c.plot.value = draw_playground(None, train)
-            c.status.value = "press Train"
-        else:
-            shown, line = self.result
-            c.status.value = line if c.density.value == shown else f"{line}; press Train to fit {c.density.value}"
+        self.armed = False
+        if self.shown is None:
+            if change is None or change["owner"] is self.c.density:
+                self.show_data()
+            return
+        self.c.status.value = idle_line(self.shown, self.wanted(), self.armed)
 
     def follow_kind(self, change: Any) -> None:
         """A new model kind moves the sliders not moved by hand to its `DEFAULTS`."""
@@ -281,28 +222,37 @@ class _PlaygroundWiring:
                 slider.value = new[key]
 
     def on_train(self, _: Any = None) -> None:
-        """Train with the controls' values (`train_playground`), the controls disabled meanwhile."""
+        """A press of Train: train with the seed `press_seed` gives, or say that the result is current."""
+        wanted = self.wanted()
+        seed = press_seed(self.shown, wanted, self.armed, self.data["seed"])
+        if seed is None:
+            self.armed = True
+            self.c.status.value = idle_line(self.shown, wanted, self.armed)
+        else:
+            self.train(wanted, seed)
+
+    def train(self, settings: PlaygroundSettings, seed: int) -> None:
+        """Train ``settings`` with ``seed`` (`train_playground`), the controls disabled meanwhile; show the result."""
         c = self.c
-        name, total = c.density.value, c.steps.value
         self._enable(False)
         try:
-            c.progress.max, c.progress.value = total, 0
-            run = train_playground(name, c.model.value, c.couplings.value, c.hidden.value, total, c.lr.value,
-                                   n_train=self.data["n_train"], n_test=self.data["n_test"],
-                                   batch_size=self.data["batch_size"], seed=self.data["seed"],
-                                   callback=lambda step, loss: self._report(step, loss, total))
-            self.result = (name, run.status)
+            c.progress.max, c.progress.value = settings.steps, 0
+            c.status.value = training_line(settings, seed)
+            run = train_playground(*astuple(settings), n_train=self.data["n_train"], n_test=self.data["n_test"],
+                                   batch_size=self.data["batch_size"], seed=seed, data_seed=self.data["seed"],
+                                   callback=progress_reporter(settings, seed, self._report))
+            self.shown = run
             c.plot.value = run.png
         except Exception as err:  # keep the UI alive and say what went wrong
             c.status.value = f"<b>error:</b> {type(err).__name__}: {err}"
             raise
         finally:
             self._enable(True)
-        self.show_data()
+        self.on_change()
 
-    def _report(self, step: int, loss: float, total: int) -> None:
+    def _report(self, step: int, line: str) -> None:
         self.c.progress.value = step
-        self.c.status.value = f"step {step}/{total}, train loss {loss:.3f} nats"
+        self.c.status.value = line
 
     def _enable(self, enabled: bool) -> None:
         self.training = not enabled
@@ -310,25 +260,16 @@ class _PlaygroundWiring:
             widget.disabled = not enabled
 
     def picture(self, quick: bool = False) -> tuple[bytes, str]:
-        """Press Train (for at most ``QUICK_STEPS`` steps when ``quick``); the picture and what it shows."""
+        """Train the controls' settings (for at most ``QUICK_STEPS`` steps when ``quick``); the picture and what it shows
+        (the status line without the seconds)."""
         c = self.c
         chosen = c.steps.value
         if quick:  # the slider goes back to the chosen value, for the reader's next Train
             c.steps.value = min(chosen, QUICK_STEPS)
-        described = (f"{c.couplings.value} couplings of width {c.hidden.value}, {c.steps.value} steps, "
-                     f"lr {_scientific(c.lr.value)}")
         try:
-            self.on_train()
+            self.train(self.wanted(), self.data["seed"])
         finally:
             c.steps.value = chosen
-        return bytes(c.plot.value), f"the playground after pressing Train with its settings ({described}): {c.status.value}"
-
-
-def _scientific(value: float) -> str:
-    """``1e-3`` for 0.001: the slider's readout, without the exponent's leading zero.
-
-    >>> _scientific(0.003), _scientific(0.0001)
-    ('3e-3', '1e-4')
-    """
-    mantissa, exponent = f"{value:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+        run = self.shown  # the caption leaves out the seconds, which differ from run to run
+        untimed = result_line(run.settings, run.seed, run.parameters, run.nll, None)
+        return bytes(c.plot.value), f"the playground after pressing Train with its settings: {untimed}"

@@ -85,9 +85,14 @@ def show(widget: Any) -> None:
     1. ``widget`` with, as ``image/png``, the picture it shows once
        ``widget.picture(quick_mode())`` has run (`playground` and
        `transform_playground` give their widgets that method; for the
-       playground it presses Train, so the widget opens on the result of a
+       playground it trains, so the widget opens on the result of a
        training with its settings, shortened to `QUICK_STEPS` steps in quick
-       mode, `flowlib.book.chapter.quick_mode`);
+       mode, `flowlib.book.chapter.quick_mode`). The widget is displayed
+       before ``picture`` runs, with the picture it shows then, so a reader
+       watches the playground's training from its first step; when the
+       picture has changed, the output is updated to the new one
+       (``update_display``, which JupyterLab and nbclient apply to the
+       stored output);
     2. an empty, hidden widget with, as ``text/markdown``, a caption saying
        what the picture shows and how to get the widget.
 
@@ -103,18 +108,29 @@ def show(widget: Any) -> None:
     {'application/vnd.jupyter.widget-view+json': {...}, 'image/png': 'iVBORw0KGgo...', 'text/plain': '[picture of the widget]'}
     {'application/vnd.jupyter.widget-view+json': {...}, 'text/markdown': '*Picture of the widget with its sliders at ...', ...}
     """
-    import base64
+    import uuid
 
     import ipywidgets as w
-    from IPython.display import display
+    from IPython.display import display, update_display
 
     quick = quick_mode()
+    view = widget._repr_mimebundle_()[WIDGET_VIEW]
+    before = bytes(widget.parts["plot"].value)
+    display_id = uuid.uuid4().hex
+    display(_with_picture(view, before), raw=True, display_id=display_id)
     png, what = widget.picture(quick)
-    if quick and "steps" in getattr(widget, "parts", {}):
+    if png != before:
+        update_display(_with_picture(view, png), raw=True, display_id=display_id)
+    if quick and "steps" in widget.parts:
         what += f" (quick mode: {QUICK_STEPS} steps)"
     caption = f"Picture of {what}. Run this cell in JupyterLab to use the widget."
     hidden = w.HTML(layout=w.Layout(display="none"))
-    display({WIDGET_VIEW: widget._repr_mimebundle_()[WIDGET_VIEW],
-             "image/png": base64.b64encode(png).decode("ascii"), "text/plain": "[picture of the widget]"}, raw=True)
     display({WIDGET_VIEW: hidden._repr_mimebundle_()[WIDGET_VIEW],
              "text/markdown": f"*{caption}*", "text/plain": caption}, raw=True)
+
+
+def _with_picture(view: dict, png: bytes) -> dict:
+    """A mime bundle: the widget ``view`` and, for front ends without widgets, ``png``."""
+    import base64
+
+    return {WIDGET_VIEW: view, "image/png": base64.b64encode(png).decode("ascii"), "text/plain": "[picture of the widget]"}
