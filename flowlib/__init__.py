@@ -19,24 +19,24 @@ from .jacobian import flow_log_abs_det, jacobian, log_abs_det_jacobian
 from .logit import Logit
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .flow_model import FlowModel
-from .models import nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
+from .models import maf, nice, nsf, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
 from .multiscale import MultiScale
 from .nets import MLP, ResidualConvNet
 from .normalization import ActNorm, BatchNormFlow
 from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
-from .splines import SplineCoupling, rational_quadratic_spline
+from .splines import SplineAutoregressive, SplineCoupling, rational_quadratic_spline
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "BatchNormFlow", "Coupling", "Dequantize",
     "DiagonalScaling", "Flow", "FlowModel", "InvertibleConv1x1", "Logit", "MADE", "MLP", "MaskedAutoregressive",
     "MaskedLinear", "MultiScale",
     "Permutation", "RandomPermutation", "ResidualConvNet", "ReversePermutation",
-    "Sequential", "SplineCoupling", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize",
+    "Sequential", "SplineAutoregressive", "SplineCoupling", "Squeeze", "StandardLogistic", "StandardNormal", "VariationalDequantize",
     "alternating_mask",
     "channel_mask", "check_shape", "checkerboard_mask",
-    "flow_log_abs_det", "half_mask", "jacobian", "log_abs_det_jacobian", "make_prior", "nice",
+    "flow_log_abs_det", "half_mask", "jacobian", "log_abs_det_jacobian", "maf", "make_prior", "nice", "nsf",
     "rational_quadratic_spline", "realnvp", "realnvp_image", "realnvp_image_single_scale", "toy_model", "value_checks",
 ]
 

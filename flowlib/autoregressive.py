@@ -66,7 +66,7 @@ Flow", NeurIPS 2016, arXiv:1606.04934 (https://arxiv.org/abs/1606.04934).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral
 
 import torch
@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from .flow import Flow, check_int, check_shape
 
-__all__ = ["made_degrees", "MaskedLinear", "MADE", "MaskedAutoregressive"]
+__all__ = ["made_degrees", "MaskedLinear", "MADE", "MaskedAutoregressive", "autoregressive_solve"]
 
 DIRECTIONS = ("maf", "iaf")
 
@@ -92,25 +92,28 @@ def _check_order(order: Sequence[int] | Tensor | None, dim: int) -> list[int]:
 
 
 def made_degrees(dim: int, hidden: int, num_hidden_layers: int,
-                 order: Sequence[int] | Tensor | None = None) -> list[Tensor]:
+                 order: Sequence[int] | Tensor | None = None, outputs_per_dim: int = 2) -> list[Tensor]:
     """MADE's degrees: the inputs', each hidden layer's, and the outputs' (section 4).
 
     ``order`` lists the dimensions in autoregressive order (``order[0]`` comes
     first and depends on nothing; default ``0, 1, ..., D-1``), so input
     ``order[k]`` has degree ``k + 1``. Hidden unit ``j`` has degree
     ``j mod (D - 1) + 1`` (for ``D = 1``, degree 1: it reaches no output).
-    The outputs are ``(raw log-scale, shift)`` per dimension, each with its
-    input's degree.
+    The outputs are ``outputs_per_dim`` blocks of ``D``, block ``j`` holding
+    the ``j``-th number of every dimension, each with its input's degree:
+    for `MaskedAutoregressive` two blocks, ``(raw log-scale, shift)``, for
+    `~flowlib.splines.SplineAutoregressive` the spline's :math:`3K - 1`.
 
     >>> [d.tolist() for d in made_degrees(3, 4, 1, order=[2, 0, 1])]
     [[2, 3, 1], [1, 2, 1, 2], [2, 3, 1, 2, 3, 1]]
     """
-    for name, value in (("dim", dim), ("hidden", hidden), ("num_hidden_layers", num_hidden_layers)):
+    for name, value in (("dim", dim), ("hidden", hidden), ("num_hidden_layers", num_hidden_layers),
+                        ("outputs_per_dim", outputs_per_dim)):
         check_int(name, value)
     inputs = torch.empty(dim, dtype=torch.long)
     inputs[_check_order(order, dim)] = torch.arange(1, dim + 1)
     cycle = torch.arange(hidden) % max(dim - 1, 1) + 1
-    return [inputs] + [cycle.clone() for _ in range(num_hidden_layers)] + [inputs.repeat(2)]
+    return [inputs] + [cycle.clone() for _ in range(num_hidden_layers)] + [inputs.repeat(outputs_per_dim)]
 
 
 class MaskedLinear(nn.Linear):
@@ -137,11 +140,13 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """Masked autoencoder ``(B, D) -> (B, 2D)``: raw log-scales, then shifts; output ``d`` sees only inputs before ``d``.
+    """Masked autoencoder ``(B, D) -> (B, nD)``: ``n = outputs_per_dim`` blocks of ``D``; output ``d`` of each block
+    sees only inputs before ``d``.
 
-    ``D -> hidden (x num_hidden_layers, ReLU) -> 2D`` with MADE's masks
+    ``D -> hidden (x num_hidden_layers, ReLU) -> nD`` with MADE's masks
     (`made_degrees`; hidden layers ``deg_out >= deg_in``, output
-    ``deg_out > deg_in``). The output layer starts at zero.
+    ``deg_out > deg_in``). The output layer starts at zero. With the default
+    ``n = 2`` the blocks are raw log-scales, then shifts (`MaskedAutoregressive`).
 
     >>> net = MADE(3, hidden=8, num_hidden_layers=2)
     >>> [m.mask.shape for m in net.layers]
@@ -151,9 +156,9 @@ class MADE(nn.Module):
     """
 
     def __init__(self, dim: int, hidden: int, num_hidden_layers: int,
-                 order: Sequence[int] | Tensor | None = None) -> None:
+                 order: Sequence[int] | Tensor | None = None, outputs_per_dim: int = 2) -> None:
         super().__init__()
-        degrees = made_degrees(dim, hidden, num_hidden_layers, order)
+        degrees = made_degrees(dim, hidden, num_hidden_layers, order, outputs_per_dim)
         self.dim = dim
         self.register_buffer("input_degrees", degrees[0], persistent=False)
         layers = []
@@ -169,6 +174,29 @@ class MADE(nn.Module):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return self.layers[-1](x)
+
+
+def autoregressive_solve(given: Tensor, step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+                         dim: int) -> tuple[Tensor, Tensor]:
+    """Solve ``out = step(given, out)[0]`` for an autoregressive ``step`` by ``dim`` sweeps from zeros.
+
+    ``step(given, reads)`` computes every output dimension from ``given`` with
+    the network reading ``reads``; output ``d`` may depend only on ``reads``
+    before ``d`` in the order. Sweep ``k`` then fixes the ``k``-th dimension
+    in the order for good (it reads only the ``k - 1`` already exact), so
+    ``dim`` sweeps give the exact answer, and the second value of the last
+    sweep (a log-scale or log-derivative) is the one at the answer. This is
+    the ``D``-pass direction of MAF (sampling) and of IAF (the density).
+
+    >>> step = lambda given, reads: (given + 2 * reads.roll(1, dims=1) * (torch.arange(3) > 0), reads)
+    >>> autoregressive_solve(torch.ones(1, 3), step, 3)[0]   # out_0 = 1, out_d = 1 + 2 out_{d-1}
+    tensor([[1., 3., 7.]])
+    """
+    out = torch.zeros_like(given)
+    extra = out
+    for _ in range(dim):
+        out, extra = step(given, out)
+    return out, extra
 
 
 class MaskedAutoregressive(Flow):
@@ -221,11 +249,8 @@ class MaskedAutoregressive(Flow):
         return z * torch.exp(alpha) + mu, alpha
 
     def _sweeps(self, given: Tensor, step) -> tuple[Tensor, Tensor]:
-        """Solve ``out = step(given, reads=out)`` by D sweeps from zeros (sweep k fixes dimension order[k])."""
-        out = torch.zeros_like(given)
-        for _ in range(self.dim):
-            out, alpha = step(given, out)
-        return out, alpha
+        """Solve ``out = step(given, reads=out)`` by D sweeps from zeros (`autoregressive_solve`)."""
+        return autoregressive_solve(given, step, self.dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_shape(x, (self.dim,), type(self).__name__)

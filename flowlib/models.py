@@ -6,7 +6,11 @@ Presets:
   4 additive couplings with alternating odd/even partitions, 5 hidden ReLU
   layers of 1000 units each, a diagonal scaling, a logistic prior.
 * `realnvp`: a vector RealNVP (affine couplings, alternating masks) for 2D toys.
-* `toy_model`: `nice` or `realnvp` sized for the 2D toys, seeded without
+* `maf`: a vector masked autoregressive flow (Papamakarios et al. 2017),
+  affine autoregressive layers whose order is reversed from layer to layer.
+* `nsf`: a vector neural spline flow (Durkan et al. 2019), rational-quadratic
+  spline couplings (RQ-NSF (C)) or autoregressive layers (RQ-NSF (AR)).
+* `toy_model`: any of `TOY_KINDS` sized for the 2D toys, seeded without
   touching the global random state (the playground and the trainer share it).
 * `realnvp_image`: RealNVP's multi-scale model (Dinh et al. 2017, section 3.6)
   with dequantization and logit preprocessing, so ``log_prob`` is on 8-bit
@@ -21,7 +25,11 @@ Components Estimation", ICLR 2015 workshop, arXiv:1410.8516
 "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803
 (https://arxiv.org/abs/1605.08803). D. P. Kingma, P. Dhariwal, "Glow:
 Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018,
-arXiv:1807.03039 (https://arxiv.org/abs/1807.03039).
+arXiv:1807.03039 (https://arxiv.org/abs/1807.03039). G. Papamakarios,
+T. Pavlakou, I. Murray, "Masked Autoregressive Flow for Density Estimation",
+NeurIPS 2017, arXiv:1705.07057 (https://arxiv.org/abs/1705.07057).
+C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, "Neural Spline Flows",
+NeurIPS 2019, arXiv:1906.04032 (https://arxiv.org/abs/1906.04032).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .autoregressive import MaskedAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import make_prior
 from .flow import Flow, Sequential, check_int
@@ -45,10 +54,12 @@ from .permutations import RandomPermutation, ReversePermutation
 from .logit import Logit
 from .reshape import Squeeze
 from .scaling import DiagonalScaling
+from .splines import SplineAutoregressive, SplineCoupling
 
 __all__ = [
-    "nice", "realnvp", "realnvp_image",
-    "realnvp_image_single_scale", "glow", "toy_model", "GLOW_PERMUTATIONS", "DEQUANTIZATIONS",
+    "nice", "realnvp", "maf", "nsf", "realnvp_image",
+    "realnvp_image_single_scale", "glow", "toy_model", "TOY_KINDS", "TOY_SPLINE_BOUND", "GLOW_PERMUTATIONS",
+    "DEQUANTIZATIONS",
 ]
 
 # ----------------------------------------------------------------------------- vector models
@@ -107,15 +118,90 @@ def realnvp(
     return FlowModel(Sequential(*layers), prior, (dim,))
 
 
+def _autoregressive_order(dim: int, k: int) -> list[int]:
+    """Layer ``k``'s order: ``0, ..., D-1`` for even ``k``, reversed for odd (MAF section 3.1's alternation)."""
+    order = list(range(dim))
+    return order if k % 2 == 0 else order[::-1]
+
+
+def maf(
+    dim: int = 2, num_layers: int = 8, hidden: int = 64, num_hidden_layers: int = 2, prior: str = "normal",
+) -> FlowModel:
+    """A vector MAF: `~flowlib.autoregressive.MaskedAutoregressive` layers, the order reversed at every layer.
+
+    Layer ``k`` reads its dimensions in the order ``0, ..., D-1`` (even ``k``) or
+    ``D-1, ..., 0`` (odd ``k``), so that each dimension is conditioned on every
+    other within two layers, as `realnvp`'s alternating masks do. The density
+    (``forward``) takes one pass of each MADE, sampling ``D`` passes.
+
+    >>> maf(3, 2, 8).log_prob(torch.zeros(4, 3)).shape
+    torch.Size([4])
+    """
+    _check_vector_model(dim, num_layers, hidden, num_hidden_layers)
+    layers = [MaskedAutoregressive(dim, hidden, num_hidden_layers, order=_autoregressive_order(dim, k))
+              for k in range(num_layers)]
+    return FlowModel(Sequential(*layers), prior, (dim,))
+
+
+def nsf(
+    dim: int = 2, num_layers: int = 8, hidden: int = 64, num_hidden_layers: int = 2, num_bins: int = 8,
+    bound: float = 3.0, autoregressive: bool = False, prior: str = "normal",
+) -> FlowModel:
+    """A vector neural spline flow: RQ spline couplings on alternating masks, or RQ spline autoregressive layers.
+
+    ``autoregressive=False``: `~flowlib.splines.SplineCoupling` layers on the
+    alternating masks of `realnvp`, each conditioner an `~flowlib.nets.MLP`
+    from the conditioning part to :math:`3K - 1` numbers per transformed
+    coordinate (RQ-NSF (C)). ``autoregressive=True``:
+    `~flowlib.splines.SplineAutoregressive` layers (MAF direction) with the
+    order reversed at every layer, as in `maf` (RQ-NSF (AR)). ``bound`` is the
+    spline's :math:`B`: each layer is the identity outside :math:`[-B, B]`.
+
+    >>> nsf(2, 2, 8).log_prob(torch.zeros(4, 2)).shape, nsf(2, 2, 8, autoregressive=True).sample(3).shape
+    (torch.Size([4]), torch.Size([3, 2]))
+    """
+    _check_vector_model(dim, num_layers, hidden, num_hidden_layers)
+    layers: list[Flow] = []
+    for k in range(num_layers):
+        if autoregressive:
+            layers.append(SplineAutoregressive(dim, hidden, num_hidden_layers, order=_autoregressive_order(dim, k),
+                                               num_bins=num_bins, bound=bound))
+        else:
+            mask = alternating_mask(dim, parity=k % 2)
+            n_cond = int(mask.sum())
+            net = MLP(n_cond, (dim - n_cond) * (3 * num_bins - 1), hidden=hidden, num_hidden_layers=num_hidden_layers)
+            layers.append(SplineCoupling(mask, net, num_bins=num_bins, bound=bound))
+    return FlowModel(Sequential(*layers), prior, (dim,))
+
+
+#: The model kinds `toy_model` builds for the 2D toys.
+TOY_KINDS = ("nice", "realnvp", "maf", "spline_coupling", "spline_ar")
+
+#: The spline flows' :math:`B` on the toys: every toy density lies within about
+#: :math:`\pm 4.5` (the checkerboard fills :math:`[-4, 4]^2`), so :math:`B = 5` puts
+#: all the data inside the splines' interval, not in their identity tails.
+TOY_SPLINE_BOUND = 5.0
+
+
 def toy_model(
     kind: str = "realnvp", num_couplings: int = 8, hidden: int = 64, num_hidden_layers: int = 2,
-    prior: str | None = None, seed: int = 0,
+    prior: str | None = None, seed: int = 0, num_bins: int = 8,
 ) -> FlowModel:
     """A 2D flow for the toy densities; its weights depend on ``seed`` only.
 
     * ``"nice"``: `nice` (additive couplings on alternating 1-D halves,
       :math:`h_2 = h_2 + m(h_1)`, then a diagonal scaling); logistic prior by default.
     * ``"realnvp"``: `realnvp` (:math:`h_2 = h_2 e^{s(h_1)} + t(h_1)`); normal prior by default.
+    * ``"maf"``: `maf`, ``num_couplings`` affine autoregressive layers; normal prior by default.
+    * ``"spline_coupling"``, ``"spline_ar"``: `nsf` with ``num_couplings`` spline couplings or
+      spline autoregressive layers of ``num_bins`` bins on :math:`[-B, B]`,
+      :math:`B =` `TOY_SPLINE_BOUND`; normal prior by default.
+
+    ``num_couplings`` counts the layers of every kind, ``hidden`` and ``num_hidden_layers``
+    size each layer's network (an MLP, or a MADE for the autoregressive kinds). At the
+    same sizes the kinds differ in parameters (a spline needs :math:`3K - 1` outputs per
+    coordinate, an affine map 2); `flowlib.book.analysis.width_for_params` picks the
+    ``hidden`` that gives a kind the parameter count of another.
 
     The weights are drawn inside ``torch.random.fork_rng``, so the global
     random state is the same before and after.
@@ -123,15 +209,22 @@ def toy_model(
     >>> from flowlib.book.analysis import count_parameters
     >>> count_parameters(toy_model("nice", 4, 16)), count_parameters(toy_model("realnvp", 4, 16))
     (1286, 1356)
+    >>> [count_parameters(toy_model(k, 4, 16)) for k in ("maf", "spline_coupling", "spline_ar")]
+    [1560, 2780, 4408]
     """
-    if kind not in ("nice", "realnvp"):
-        raise ValueError(f"kind must be 'nice' or 'realnvp', got {kind!r}")
+    if kind not in TOY_KINDS:
+        raise ValueError(f"kind must be one of {TOY_KINDS}, got {kind!r}")
     check_int("seed", seed, least=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "nice":
             return nice(2, num_couplings, hidden, num_hidden_layers, prior=prior or "logistic")
-        return realnvp(2, num_couplings, hidden, num_hidden_layers, prior=prior or "normal")
+        if kind == "realnvp":
+            return realnvp(2, num_couplings, hidden, num_hidden_layers, prior=prior or "normal")
+        if kind == "maf":
+            return maf(2, num_couplings, hidden, num_hidden_layers, prior=prior or "normal")
+        return nsf(2, num_couplings, hidden, num_hidden_layers, num_bins=num_bins, bound=TOY_SPLINE_BOUND,
+                   autoregressive=kind == "spline_ar", prior=prior or "normal")
 
 
 def _checkerboard_coupling(shape: tuple[int, int, int], parity: int, hidden: int, blocks: int) -> AffineCoupling:

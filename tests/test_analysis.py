@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from flowlib.book.analysis import (count_macs, count_parameters, dependency, dependency_after, equal_time_steps,
-                                   mixing_depth, width_for_params)
+                                   mixing_depth, pass_seconds, width_for_params)
 from flowlib.conv1x1 import InvertibleConv1x1
 from flowlib.flow import Sequential
 from flowlib.jacobian import flow_log_abs_det
@@ -179,3 +179,31 @@ def test_equal_time_steps_gives_a_twice_slower_model_half_the_steps():
     assert result.step_seconds["slow"] >= 0.020 and result.step_seconds["fast"] >= 0.010
     with pytest.raises(ValueError, match="reference must be one of"):
         equal_time_steps(models, torch.randn(16, 2), "medium", steps=10)
+
+
+class _SleepyFlow(nn.Module):
+    """A flow whose forward sleeps ``forward_s`` and whose inverse sleeps ``inverse_s`` (identity, log-det 0)."""
+
+    def __init__(self, forward_s: float, inverse_s: float) -> None:
+        super().__init__()
+        self.forward_s, self.inverse_s = forward_s, inverse_s
+
+    def forward(self, x: torch.Tensor):
+        time.sleep(self.forward_s)
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, z: torch.Tensor):
+        time.sleep(self.inverse_s)
+        return z, z.new_zeros(z.shape[0])
+
+
+def test_pass_seconds_times_each_direction():
+    # The sleeps (5 and 15 ms) dominate the passes, so each median is at least its sleep and the slow
+    # direction is the slower one: the sleeps set the order, not this machine.
+    times = pass_seconds({"maf-like": _SleepyFlow(0.005, 0.015), "iaf-like": _SleepyFlow(0.015, 0.005)},
+                         torch.randn(4, 2), rounds=3)
+    assert times["maf-like"]["forward"] >= 0.005 and times["maf-like"]["inverse"] >= 0.015
+    assert times["maf-like"]["forward"] < times["maf-like"]["inverse"]
+    assert times["iaf-like"]["forward"] > times["iaf-like"]["inverse"]
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        pass_seconds({"a": _SleepyFlow(0, 0)}, torch.randn(4, 2), rounds=0)

@@ -102,6 +102,22 @@ def test_made_output_d_depends_only_on_inputs_of_smaller_degree(order_name, pert
             assert (net(earlier)[:, cols] - out[:, cols]).abs().amax() > 1e-3
 
 
+def test_made_with_more_outputs_per_dimension(perturb):
+    """``outputs_per_dim`` blocks of D outputs (the spline layer's 3K - 1), each block masked as the first."""
+    n = 5
+    net = perturb(MADE(D, HIDDEN, LAYERS, order=ORDERS["shuffled"], outputs_per_dim=n)).double()
+    deg = degrees_of(ORDERS["shuffled"])
+    assert made_degrees(D, HIDDEN, LAYERS, ORDERS["shuffled"], outputs_per_dim=n)[-1].tolist() == deg.tolist() * n
+    paths = net.layers[0].mask
+    for layer in net.layers[1:]:
+        paths = layer.mask @ paths
+    assert torch.equal(paths > 0, deg.repeat(n)[:, None] > deg[None, :])
+    x = torch.randn(B, D, dtype=torch.float64)
+    assert net(x).shape == (B, n * D)
+    with pytest.raises(ValueError, match="outputs_per_dim must be"):
+        MADE(D, HIDDEN, LAYERS, outputs_per_dim=0)
+
+
 def test_masked_linear_checks_its_mask():
     with pytest.raises(ValueError, match=r"mask must have shape \(2, 3\)"):
         MaskedLinear(3, 2, torch.ones(3, 2))

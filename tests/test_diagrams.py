@@ -20,8 +20,9 @@ from matplotlib.text import Text
 
 from flowlib import (AdditiveCoupling, AffineCoupling, InvertibleConv1x1, MLP, RandomPermutation, ResidualConvNet,
                      ReversePermutation, alternating_mask, channel_mask, checkerboard_mask, half_mask)
-from flowlib.book.diagrams import (COND_COLOR, TRANS_COLOR, coupling_diagram, masking_diagram, multiscale_diagram,
-                                   squeeze_diagram)
+from flowlib.autoregressive import MADE, made_degrees
+from flowlib.book.diagrams import (COND_COLOR, TRANS_COLOR, coupling_diagram, made_diagram, masking_diagram,
+                                   multiscale_diagram, squeeze_diagram)
 from flowlib.book.readability import check_readable
 from flowlib.models import glow, realnvp_image
 from flowlib.reshape import squeeze
@@ -262,6 +263,31 @@ def test_multiscale_diagram_takes_the_multiscale_body_alone():
     assert any("(2, 4, 4)" in t for t in texts)
 
 
+# ----------------------------------------------------------------------------- MADE
+
+
+@pytest.mark.parametrize("order, hidden, layers, per", [([0, 1, 2], 4, 1, 2), ([2, 0, 3, 1], 6, 2, 2),
+                                                        ([1, 0], 3, 2, 5)])
+def test_made_diagram_draws_the_masks_and_the_degrees(order, hidden, layers, per):
+    net = MADE(len(order), hidden, layers, order=order, outputs_per_dim=per)
+    fig = made_diagram(net)
+    ax = fig.axes[0]
+    drawn = {line.get_gid() for line in ax.lines if (line.get_gid() or "").startswith("edge-")}
+    kept = {f"edge-{k}-{j}-{i}" for k, layer in enumerate(net.layers) for i, j in layer.mask.nonzero().tolist()}
+    assert drawn == kept and kept  # one line per kept weight, none for a masked one
+    labels = {t.get_gid(): t.get_text() for t in ax.texts if t.get_gid()}
+    for k, deg in enumerate(made_degrees(len(order), hidden, layers, order, per)):
+        assert [labels[f"degree-{k}-{i}"] for i in range(len(deg))] == [str(d) for d in deg.tolist()]
+    assert [labels[f"input-{i}"] for i in range(len(order))] == [f"$x_{i}$" for i in range(len(order))]
+    if per == 2:
+        assert labels["output-0"] == "$\\alpha_0$" and labels[f"output-{len(order)}"] == "$\\mu_0$"
+
+
+def test_made_diagram_rejects_other_nets():
+    with pytest.raises(TypeError, match="draws a MADE"):
+        made_diagram(MLP(2, 2))
+
+
 # ----------------------------------------------------------------------------- readable in the notebook
 
 DIAGRAMS = {
@@ -272,6 +298,8 @@ DIAGRAMS = {
     "multi-scale": lambda: multiscale_diagram(realnvp_image((1, 28, 28), num_scales=3, hidden_channels=4,
                                                             num_blocks=0)),
     "glow": lambda: multiscale_diagram(glow((1, 32, 32), num_scales=3, steps_per_scale=8, hidden_channels=4)),
+    "made": lambda: made_diagram(MADE(4, hidden=6, num_hidden_layers=2, order=[1, 3, 0, 2])),
+    "made, spline outputs": lambda: made_diagram(MADE(2, hidden=4, num_hidden_layers=1, outputs_per_dim=7)),
 }
 
 

@@ -454,9 +454,15 @@ def test_train_config_checks_model_dataset_and_preset():
     from flowlib.training.config import TrainConfig, make_config
 
     glow_on_toys = re.escape("glow is an image model: dataset must be 'mnist', got 'moons' "
-                             "(the 2D toy densities take the models ('nice', 'realnvp'))")
+                             "(the 2D toy densities take the models ('nice', 'realnvp', 'maf', 'spline_coupling', "
+                             "'spline_ar'))")
     with pytest.raises(ValueError, match=glow_on_toys):
         make_config("glow", dataset="moons")
+    maf_on_mnist = re.escape("maf is a model of the 2D toy densities: dataset must be one of ('two_moons', ")
+    with pytest.raises(ValueError, match=maf_on_mnist + r".*got 'mnist' \(MNIST takes the models \('nice', 'realnvp', 'glow'\)\)"):
+        make_config("maf", "cpu")
+    with pytest.raises(ValueError, match=re.escape("spline_ar is a model of the 2D toy densities")):
+        TrainConfig(model="spline_ar")  # and a config made by hand
     with pytest.raises(ValueError, match=r"dataset must be 'mnist' or a 2D toy density \('two_moons', .*got 'moons'"):
         make_config("nice", dataset="moons")
     with pytest.raises(ValueError, match=r"preset must be one of \('paper', 'cpu', 'quick'\), got 'toy'"):

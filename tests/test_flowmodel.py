@@ -12,6 +12,8 @@ from flowlib.distributions import StandardLogistic, StandardNormal
 from flowlib.flow import Sequential, value_checks
 from flowlib.flow_model import FlowModel
 from flowlib.models import nice, realnvp, realnvp_image, realnvp_image_single_scale, toy_model
+
+from conftest import assert_close_to_roundoff, roundoff
 from flowlib.multiscale import MultiScale
 from flowlib.nets import ResidualConvNet
 from flowlib.scaling import DiagonalScaling
@@ -165,8 +167,40 @@ def test_toy_model_kinds_and_priors() -> None:
     assert type(toy_model("realnvp", 3, 8, prior="logistic").prior) is StandardLogistic
     # the same architecture as the presets it wraps
     assert count_parameters(toy_model("nice", 4, 16, 3)) == count_parameters(nice(2, 4, 16, 3))
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         toy_model("glow")
+
+
+@pytest.mark.parametrize("kind", ["maf", "spline_coupling", "spline_ar"])
+def test_new_toy_kinds_are_seeded_and_start_at_the_prior(kind: str) -> None:
+    """The autoregressive and spline kinds: seeded, and the identity at the start (zero output layers), so the
+    untrained model's density is the prior's: exactly for MAF, to within the `roundoff` bound of the computation
+    for the splines (their derivatives come out of softplus within rounding of 1, flowlib.splines). Their log-dets
+    and round trips are tested layer by layer (tests/test_autoregressive.py, tests/test_splines.py)."""
+    model = toy_model(kind, 4, 16, seed=1)
+    again, other = toy_model(kind, 4, 16, seed=1), toy_model(kind, 4, 16, seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+    assert type(model.prior) is StandardNormal and len(model.flow) == 4
+    x = 2 * torch.randn(64, 2)
+    if kind == "maf":
+        assert torch.equal(model.log_prob(x), model.prior.log_prob(x))
+    else:
+        r = roundoff(lambda m, v: m.log_prob(v), model, x)
+        assert_close_to_roundoff(model.log_prob(x), model.prior.log_prob(x.double()), r.bound, "untrained log_prob")
+
+
+def made_parameters(dim: int, outputs_per_dim: int, hidden: int, layers: int) -> int:
+    """`MADE`'s dense weights and biases (masked entries are parameters too): ``D -> hidden ... -> n D``."""
+    return mlp_parameters(dim, outputs_per_dim * dim, hidden, layers)
+
+
+def test_new_toy_kinds_have_the_parameters_their_architecture_gives() -> None:
+    k = 8  # bins: 3K - 1 = 23 numbers per transformed coordinate
+    assert count_parameters(toy_model("maf", 4, 16)) == 4 * (made_parameters(2, 2, 16, 2) + 2)  # + the scales a
+    assert count_parameters(toy_model("spline_coupling", 4, 16)) == 4 * mlp_parameters(1, 3 * k - 1, 16, 2)
+    assert count_parameters(toy_model("spline_ar", 4, 16)) == 4 * made_parameters(2, 3 * k - 1, 16, 2)
+    assert count_parameters(toy_model("spline_ar", 4, 16, num_bins=4)) == 4 * made_parameters(2, 11, 16, 2)
 
 
 def mlp_parameters(d_in: int, d_out: int, hidden: int, layers: int) -> int:

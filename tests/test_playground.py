@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import base64
 import io
 import re
@@ -304,3 +305,14 @@ def test_the_default_realnvp_training_fits_8gaussians() -> None:
     print(f"test NLL {run.nll:.3f} nats, true NLL {best:.3f} nats, {seconds:.1f} s")
     assert best == pytest.approx(2.835, abs=1e-3)
     assert run.nll - best < 0.15, f"test NLL {run.nll:.3f}, true {best:.3f}"
+
+
+@pytest.mark.parametrize("kind", ["maf", "spline_coupling", "spline_ar"])
+def test_the_playground_trains_chapter_12s_kinds(kind: str) -> None:
+    """The model dropdown offers toy_model's autoregressive and spline kinds, and Train fits them."""
+    box = playground("rings", kind=kind, num_couplings=2, hidden=8, steps=20, n_train=256, n_test=64, batch_size=64)
+    assert kind in box.parts["model"].options
+    box.parts["train"].click()
+    status = box.parts["status"].value
+    assert status.startswith(f"rings, {kind}, 2 couplings of width 8, 20 steps") and "test NLL" in status
+    assert math.isfinite(float(status.rsplit("test NLL ", 1)[1].split()[0]))

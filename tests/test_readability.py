@@ -42,7 +42,7 @@ def readable_figure():
 
 
 def wide_figure_with_tiny_legend():
-    # chapter 12's latent figure as it was: 17 in wide, legends at 7 pt
+    # chapter 13's latent figure as it was: 17 in wide, legends at 7 pt
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.0))
     for ax in axes:
         ax.plot([0, 1], [0, 1], ".", label="codes of test digits")

@@ -1,4 +1,4 @@
-"""Tests of the rational-quadratic spline and `SplineCoupling` (flowlib/splines.py).
+"""Tests of the rational-quadratic spline, `SplineCoupling` and `SplineAutoregressive` (flowlib/splines.py).
 
 Every float comparison with an exact value takes its tolerance from `roundoff` (tests/conftest.py): the same
 computation in the test's dtype and in float64, with a first-order bound on its rounding error derived from
@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowlib import MLP, ResidualConvNet, SplineCoupling, checkerboard_mask, channel_mask, half_mask
+from flowlib import MLP, ResidualConvNet, SplineAutoregressive, SplineCoupling, checkerboard_mask, channel_mask, half_mask
 from flowlib.flow import Flow
+from flowlib.jacobian import jacobian
 from flowlib.masks import alternating_mask
 from flowlib.splines import MIN_BIN_SIZE, MIN_DERIVATIVE, rational_quadratic_spline, spline_knots
 
-from conftest import assert_close_to_roundoff, assert_same_function, roundoff
+from conftest import assert_close_to_roundoff, assert_every_wrong_inverse_is_caught, assert_same_function, roundoff
 
 K, BOUND, DIM = 8, 3.0, 3  # bins, bound, coordinates of the spline tests
 DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
@@ -419,3 +420,166 @@ def test_bad_arguments_raise_value_errors():
         rational_quadratic_spline(x, w, h, d, min_bin_width=1 / K)
     with pytest.raises(ValueError, match="min_derivative"):
         rational_quadratic_spline(x, w, h, d, min_derivative=1.0)
+
+
+# ----------------------------------------------------------------------------- the autoregressive layer
+
+AR_DIM, AR_HIDDEN, AR_LAYERS = 3, 16, 2
+AR_ORDERS = {"natural": None, "shuffled": [2, 0, 1]}
+
+
+def ar_layer(direction: str, order_name: str, dtype: torch.dtype, perturb, zero: bool = False) -> SplineAutoregressive:
+    torch.manual_seed(0)
+    flow = SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, order=AR_ORDERS[order_name], num_bins=K, bound=BOUND,
+                                direction=direction).to(dtype).eval()
+    return flow if zero else perturb(flow)
+
+
+def ar_placed_input(flow: SplineAutoregressive, where: str, inverse: bool, dtype: torch.dtype) -> Tensor:
+    """``K + 1`` inputs of ``flow.forward`` (or ``inverse``) whose every coordinate lies inside a bin, on a knot or in
+    a tail of the spline that coordinate meets.
+
+    Dimension ``d``'s spline depends only on what comes before ``d`` in the order, on the side the net reads (the
+    input itself, or the output computed from it), so placing the dimensions one by one in the order leaves each
+    placed one where it was put. With ``K + 1`` points, "knots" hits every knot, ``-B`` and ``B`` included.
+    """
+    v = 2 * torch.randn(K + 1, AR_DIM, dtype=dtype)
+    reads_input = (flow.direction == "maf") != inverse  # MAF forward and IAF inverse: the net reads the input
+    with torch.no_grad():
+        for d in flow.order:
+            reads = v if reads_input else (flow.inverse if inverse else flow.forward)(v)[0]
+            widths, heights, _ = flow.spline_parameters(reads)
+            # the knots of all dimensions at once, as the layer computes them (same shapes, same rounding)
+            knots = spline_knots(heights if inverse else widths, BOUND)[:, d : d + 1]  # (K + 1, 1, K + 1)
+            v[:, d] = place(knots, where, seed=d)[:, 0]
+    return v
+
+
+@pytest.mark.parametrize("order_name", list(AR_ORDERS))
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+@pytest.mark.parametrize("where", ["inside", "knots", "tails"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_autoregressive_log_det_matches_autograd(dtype, where, direction, order_name, perturb, assert_log_det):
+    flow = ar_layer(direction, order_name, dtype, perturb)
+    x = ar_placed_input(flow, where, False, dtype)
+    z, log_det = flow(x)
+    assert z.dtype == dtype and log_det.shape == (K + 1,)
+    assert_log_det(flow, x, log_det)
+    w = ar_placed_input(flow, where, True, dtype)
+    assert_log_det(flow, w, flow.inverse(w)[1], inverse=True)
+    if where == "tails":  # every coordinate in a tail: the identity, exactly
+        assert torch.equal(z, x) and (log_det == 0).all() and torch.equal(flow.inverse(w)[0], w)
+    if where != "inside":  # knots go to knots (xi = 0), tails to themselves: exact round trips, sweeps included
+        assert torch.equal(flow.inverse(z)[0], x) and torch.equal(flow(flow.inverse(w)[0])[0], w)
+
+
+@pytest.mark.parametrize("order_name", list(AR_ORDERS))
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_autoregressive_round_trip(dtype, direction, order_name, perturb):
+    """Both round trips, inside bins, on knots and in tails, to within the `roundoff` bound of the same trip."""
+    flow = ar_layer(direction, order_name, dtype, perturb)
+    x = torch.cat([ar_placed_input(flow, where, False, dtype) for where in ("inside", "knots", "tails")])
+    w = torch.cat([ar_placed_input(flow, where, True, dtype) for where in ("inside", "knots", "tails")])
+    check_round_trip(flow, x, w)
+
+
+def test_autoregressive_round_trip_check_catches_a_wrong_inverse(perturb):
+    """Guards the float32 tolerance: an inverse with any one parameter tensor off by 1e-3 fails the check."""
+    flow = ar_layer("maf", "shuffled", torch.float32, perturb)
+    names = assert_every_wrong_inverse_is_caught(flow, ar_placed_input(flow, "inside", False, torch.float32))
+    assert len(names) == 2 * (AR_LAYERS + 1)  # the MADE's weights and biases
+
+
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+def test_perturbed_autoregressive_layer_is_not_the_identity(direction, perturb):
+    # Guards the tests above: with perturbed parameters they test a non-trivial map.
+    flow = ar_layer(direction, "shuffled", torch.float64, perturb)
+    x = ar_placed_input(flow, "inside", False, torch.float64)
+    z, log_det = flow(x)
+    assert (z - x).abs().amax() > 0.1 and log_det.abs().amax() > 0.1 and log_det.std() > 0.01
+
+
+@pytest.mark.parametrize("order_name", list(AR_ORDERS))
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+def test_autoregressive_jacobian_is_triangular_in_the_order(direction, order_name, float64, perturb):
+    flow = ar_layer(direction, order_name, torch.float64, perturb)
+    order = list(range(AR_DIM)) if AR_ORDERS[order_name] is None else AR_ORDERS[order_name]
+    x = ar_placed_input(flow, "inside", False, torch.float64)
+    z = ar_placed_input(flow, "inside", True, torch.float64)
+    for fn, at in ((lambda v: flow(v)[0], x), (lambda v: flow.inverse(v)[0], z)):
+        jac = jacobian(fn, at)[:, order][:, :, order]
+        above = torch.triu(jac, diagonal=1)
+        assert torch.equal(above, torch.zeros_like(above))  # masked weights are exact zeros
+        assert (torch.diagonal(jac, dim1=1, dim2=2) > 0).all()  # the splines increase
+        below = torch.tril(jac.abs().amax(0), diagonal=-1) + torch.triu(torch.ones(AR_DIM, AR_DIM), diagonal=0)
+        assert below.amin() > 1e-3  # guard: every allowed dependence is there
+
+
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+def test_autoregressive_number_of_net_passes(direction):
+    """MAF: density (forward) in one pass, sampling (inverse) in D; IAF the other way round."""
+    flow = SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, num_bins=K, direction=direction)
+    calls = []
+    flow.net.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(4, AR_DIM)
+    flow(x)
+    forward_calls = len(calls)
+    flow.inverse(x)
+    assert (forward_calls, len(calls) - forward_calls) == {"maf": (1, AR_DIM), "iaf": (AR_DIM, 1)}[direction]
+
+
+@pytest.mark.parametrize("order_name", list(AR_ORDERS))
+def test_autoregressive_net_output_is_grouped_by_parameter(order_name, float64):
+    """The MADE's output is 3K - 1 blocks of D: block j holds parameter j (K widths, K heights, K - 1 derivatives)
+    of every dimension. With a net that returns a fixed random output, the layer is `rational_quadratic_spline`
+    applied dimension by dimension with those parameters."""
+    flow = ar_layer("maf", order_name, torch.float64, lambda f: f)
+    per = 3 * K - 1
+    flow.net = _Constant(torch.randn(per * AR_DIM))
+    x = 2 * torch.randn(5, AR_DIM)
+
+    def dimension_by_dimension(f: SplineAutoregressive, v: Tensor) -> Tensor:
+        out, total = [], v.new_zeros(v.shape[0])
+        for d in range(AR_DIM):
+            p = f.net.out.reshape(per, AR_DIM)[:, d].expand(v.shape[0], per)
+            y, ld = rational_quadratic_spline(v[:, d], p[:, :K], p[:, K : 2 * K], p[:, 2 * K :], bound=f.bound)
+            out.append(y)
+            total = total + ld
+        return torch.cat([torch.stack(out, dim=1), total.unsqueeze(1)], dim=1)
+
+    layer_output = lambda f, v: torch.cat([f(v)[0], f(v)[1].unsqueeze(1)], dim=1)  # noqa: E731
+    assert_same_function(layer_output, dimension_by_dimension, flow, x, what="layer against dimension-by-dimension")
+
+
+@pytest.mark.parametrize("direction", ["maf", "iaf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_initialised_autoregressive_layer_is_the_identity(direction, dtype, perturb):
+    """The MADE's output layer starts at zero: equal bins and unit derivatives, y = x to within roundoff."""
+    flow = ar_layer(direction, "shuffled", dtype, perturb, zero=True)
+    x = 2 * torch.randn(4, AR_DIM, dtype=dtype)
+    x = torch.where(x.abs() < BOUND, x, x / 2)
+    for name in ("forward", "inverse"):
+        out, log_det = getattr(flow, name)(x)
+        values = roundoff(lambda m, v: getattr(m, name)(v)[0], flow, x)
+        dets = roundoff(lambda m, v: getattr(m, name)(v)[1], flow, x)
+        assert_close_to_roundoff(out, x, values.bound, f"{name} of the zero layer")
+        assert_close_to_roundoff(log_det, torch.zeros_like(log_det), dets.bound, f"{name} log-det")
+        assert (values.bound <= 64 * torch.finfo(dtype).eps * BOUND).all()
+
+
+def test_autoregressive_bad_arguments_raise_value_errors():
+    for bins in (1, 2.5, True):
+        with pytest.raises(ValueError, match="num_bins"):
+            SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, num_bins=bins)
+    for bound in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="bound"):
+            SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, bound=bound)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, direction="forward")
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS, order=[0, 0, 1])
+    flow = SplineAutoregressive(AR_DIM, AR_HIDDEN, AR_LAYERS)
+    for pass_ in (flow.forward, flow.inverse):
+        with pytest.raises(ValueError, match=r"SplineAutoregressive expects input of shape \(B, 3\)"):
+            pass_(torch.zeros(2, AR_DIM + 1))

@@ -25,6 +25,7 @@ from flowlib.training import loop as L
 from flowlib.training import train as T
 from flowlib.datasets.mnist import data_root, mnist_dir
 from flowlib.flow_model import FlowModel
+from flowlib.models import toy_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_MNIST = (mnist_dir(data_root()) / "train-images-idx3-ubyte.gz").exists()
@@ -81,6 +82,22 @@ def test_toy_run_writes_results_and_safe_checkpoints(tmp_path):
         assert ckpt["config"] == saved["config"]
     assert torch.load(out / "best.pt", weights_only=True)["run_id"] == saved["run_id"]
     assert not list(out.glob("*.part")) and not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("model", ["maf", "spline_coupling", "spline_ar"])
+def test_the_trainer_trains_the_autoregressive_and_spline_toy_kinds(tmp_path, model):
+    """Chapter 12's kinds go through the trainer as RealNVP does: built by `toy_model`, trained, checkpointed,
+    the best model reloaded with the same test score."""
+    values = dict(epochs=1, train_size=256, eval_size=128, batch_size=64, log_every=2,
+                  model_kwargs=dict(num_couplings=2, hidden=8), out_dir=str(tmp_path / model), precision="fp32")
+    config = Cfg.make_config(model, "quick", "rings", **values)
+    assert type(Cfg.build_model(config)) is type(toy_model(model, 2, 8))
+    result = T.train(config, progress=False)
+    assert result.epochs_done == 1 and math.isfinite(result.test_bpd)
+    best = torch.load(Path(result.out_dir) / "best.pt", weights_only=True)
+    reloaded = Cfg.build_model(config)
+    reloaded.load_state_dict(best["model"])
+    assert {k for k, _ in reloaded.named_parameters()} == {k for k, _ in toy_model(model, 2, 8).named_parameters()}
 
 
 def test_resume_after_max_steps_is_exact(tmp_path):

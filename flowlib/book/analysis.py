@@ -14,7 +14,8 @@
   :math:`(C_{in}/g)\\,k_h k_w` per output entry of a convolution.
 * Time: `equal_time_steps`, the steps each model gets in the time a
   reference model takes for its budget (chapters 10 and 11 compare at equal
-  time).
+  time); `pass_seconds`, the time of each flow's ``forward`` (the density)
+  and ``inverse`` (sampling), interleaved (chapter 12's cost asymmetry).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..training.fit import make_optimizer, train_step
 
 __all__ = [
     "EqualTime", "count_macs", "count_parameters", "dependency", "dependency_after", "equal_time_steps",
-    "mixing_depth", "width_for_params",
+    "mixing_depth", "pass_seconds", "width_for_params",
 ]
 
 
@@ -201,3 +202,32 @@ def equal_time_steps(models: dict[str, nn.Module], probe: Tensor, reference: str
     fastest = {name: min(ts) for name, ts in times.items()}
     budget = {name: round(steps * fastest[reference] / fastest[name]) for name in models}
     return EqualTime(step_seconds=fastest, steps=budget)
+
+
+def pass_seconds(flows: dict[str, Flow], x: Tensor, rounds: int = 7) -> dict[str, dict[str, float]]:
+    """Median seconds of ``forward(x)`` and of ``inverse(x)`` for each flow: ``{name: {"forward": s, "inverse": s}}``.
+
+    Without gradients. One warm-up round, then ``rounds`` rounds; each round
+    times every flow's two passes in turn, the flows interleaved (so a slow
+    spell of a shared machine falls on all of them alike), and the median over
+    the rounds is reported. ``x`` is fed to both directions: a flow's inverse
+    takes a latent point, and for timing any point of the right shape does.
+
+    >>> from flowlib.scaling import DiagonalScaling
+    >>> times = pass_seconds({"a": DiagonalScaling(3)}, torch.randn(8, 3), rounds=3)
+    >>> sorted(times["a"]), times["a"]["forward"] > 0
+    (['forward', 'inverse'], True)
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "inverse": []} for name in flows}
+    with torch.no_grad():
+        for i in range(rounds + 1):
+            for name, flow in flows.items():
+                for direction in ("forward", "inverse"):
+                    start = time.perf_counter()
+                    out, log_det = getattr(flow, direction)(x)
+                    log_det.sum().item()  # wait for the pass to finish (an asynchronous device)
+                    if i:  # round 0 warms up
+                        times[name][direction].append(time.perf_counter() - start)
+    return {name: {d: float(torch.tensor(ts).median()) for d, ts in t.items()} for name, t in times.items()}

@@ -20,7 +20,10 @@ implementation, so the pictures cannot drift from the code:
 * `multiscale_diagram` (chapter 7) walks a `~flowlib.multiscale.MultiScale`
   model, runs a dummy tensor through it and draws each scale's layers, the
   shapes it produces and the part it factors out,
-  :math:`(z_l, h^{(l)}) = f_l(h^{(l-1)})`.
+  :math:`(z_l, h^{(l)}) = f_l(h^{(l-1)})`;
+* `made_diagram` (chapter 12) draws a `~flowlib.autoregressive.MADE`'s units
+  with their degrees and every connection its masks keep, so that output
+  :math:`d` visibly reaches only the inputs before :math:`d` in the order.
 
 The figures are at most 9.5 in wide with no text below 9 pt, so that at the
 inline 100 dpi they fit the notebook's 950 px column unshrunk
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..autoregressive import MADE, made_degrees
 from ..conv1x1 import InvertibleConv1x1
 from ..coupling import AdditiveCoupling, AffineCoupling, Coupling
 from ..flow import Sequential
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["COND_COLOR", "TRANS_COLOR", "coupling_diagram", "masking_diagram", "squeeze_diagram",
-           "multiscale_diagram"]
+           "multiscale_diagram", "made_diagram"]
 
 #: Fill of the conditioning part :math:`x_{I_1}` (mask ``True``) in every diagram.
 COND_COLOR = "#9ec5e8"
@@ -478,4 +482,64 @@ def multiscale_diagram(model: FlowModel | MultiScale) -> "Figure":
         y = _scale_row(ax, y - 0.55, k, stage_lines, stage_shapes, factored, last)
     ax.text(0.3, 0.3, f"$z = (z_1, \\ldots, z_{{{len(stages)}}})$: the factored-out parts and the last "
             f"scale's output, {torch.Size(ms.input_shape).numel()} numbers in all", va="center", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------- chapter 12: MADE
+
+
+def _made_output_names(net: MADE) -> list[str]:
+    """The outputs' labels: ``alpha_d``, ``mu_d`` for `MaskedAutoregressive`'s two blocks, else ``theta^(j)_d``."""
+    blocks = len(net.layers[-1].mask) // net.dim
+    names = [r"\alpha", r"\mu"] if blocks == 2 else [rf"\theta^{{({j})}}" for j in range(blocks)]
+    return [f"${names[j]}_{d}$" for j in range(blocks) for d in range(net.dim)]
+
+
+def made_diagram(net: MADE) -> "Figure":
+    """A MADE's units and the connections its masks keep (Germain et al. 2015, figure 1), read from ``net``.
+
+    Inputs :math:`x_d` at the bottom, then each hidden layer, then the outputs
+    (for `~flowlib.autoregressive.MaskedAutoregressive`: raw log-scales
+    :math:`\\alpha_d` and shifts :math:`\\mu_d`); each unit shows its degree
+    (`~flowlib.autoregressive.made_degrees`), and a line joins two units
+    wherever the layer's ``mask`` keeps the weight. Output :math:`d` is
+    connected, through some path, to exactly the inputs of smaller degree:
+    the dimensions before :math:`d` in the order.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = made_diagram(MADE(3, hidden=4, num_hidden_layers=1, order=[2, 0, 1]))
+    >>> [t.get_text() for t in fig.axes[0].texts if (t.get_gid() or "").startswith("degree-0-")]
+    ['2', '3', '1']
+    """
+    if not isinstance(net, MADE):
+        raise TypeError(f"made_diagram draws a MADE, got {type(net).__name__}")
+    masks = [layer.mask.detach().cpu() for layer in net.layers]
+    sizes = [masks[0].shape[1]] + [m.shape[0] for m in masks]
+    order = torch.argsort(net.input_degrees.cpu()).tolist()  # input order[k] has degree k + 1
+    degrees = made_degrees(net.dim, sizes[1], len(masks) - 1, order, sizes[-1] // net.dim)
+    width = min(9.5, 1.2 + 0.55 * max(sizes))
+    height = 1.0 + 1.25 * (len(sizes) - 1) + 0.6
+    fig, ax = _canvas(width, height)
+    xs = [[width / 2 + 0.55 * (i - (n - 1) / 2) for i in range(n)] for n in sizes]
+    ys = [0.75 + 1.25 * k for k in range(len(sizes))]
+    for k, m in enumerate(masks):  # the kept connections, under the units
+        for i, j in m.nonzero().tolist():
+            ax.plot([xs[k][j], xs[k + 1][i]], [ys[k], ys[k + 1]], color="0.55", lw=0.8, gid=f"edge-{k}-{j}-{i}",
+                    zorder=1)
+    from matplotlib.patches import Circle
+
+    outputs = _made_output_names(net)
+    for k, (row, deg) in enumerate(zip(xs, degrees)):
+        color = COND_COLOR if k == 0 else (TRANS_COLOR if k == len(xs) - 1 else _NET_COLOR)
+        for i, x in enumerate(row):
+            ax.add_patch(Circle((x, ys[k]), 0.2, fc=color, ec="0.25", lw=1, zorder=2))
+            ax.text(x, ys[k], str(int(deg[i])), ha="center", va="center", fontsize=9, zorder=3, gid=f"degree-{k}-{i}")
+            if k == 0:
+                ax.text(x, ys[k] - 0.36, f"$x_{i}$", ha="center", va="top", fontsize=10, gid=f"input-{i}")
+            elif k == len(xs) - 1:
+                ax.text(x, ys[k] + 0.3, outputs[i], ha="center", va="bottom", fontsize=10, gid=f"output-{i}")
+    ax.text(0.1, ys[0], "inputs", va="center", fontsize=9)
+    for k in range(1, len(xs) - 1):
+        ax.text(0.1, ys[k], f"hidden {k}", va="center", fontsize=9)
+    ax.text(0.1, ys[-1], "outputs", va="center", fontsize=9)
     return fig

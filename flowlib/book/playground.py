@@ -66,7 +66,8 @@ def playground(
 
     Controls (``description`` in quotes, CSS class after it): Dropdown
     ``"density"`` (``flowlib-density``), Dropdown ``"model"``
-    (``flowlib-model``: ``nice`` or ``realnvp``), IntSliders ``"couplings"``
+    (``flowlib-model``: ``nice``, ``realnvp``, ``maf``, ``spline_coupling`` or
+    ``spline_ar``, `~flowlib.models.toy_model`'s kinds), IntSliders ``"couplings"``
     (``flowlib-couplings``), ``"hidden"`` (``flowlib-hidden``), ``"steps"``
     (``flowlib-steps``), FloatLogSlider ``"lr"`` (``flowlib-lr``), Button
     ``"Train"`` (``flowlib-train``), an IntProgress (``flowlib-progress``),

@@ -50,7 +50,8 @@ __all__ = [
 class TrainConfig:
     """Everything that defines a run (saved in every checkpoint).
 
-    ``model`` is ``"nice"``, ``"realnvp"`` or ``"glow"`` (MNIST only);
+    ``model`` is ``"nice"``, ``"realnvp"``, ``"glow"`` (MNIST only) or one of the
+    2D toy kinds ``"maf"``, ``"spline_coupling"``, ``"spline_ar"`` (toys only);
     ``dataset`` is ``"mnist"`` or a 2D toy density name
     (``flowlib.datasets.toy.TOY_DENSITIES``). ``precision`` is
     ``"auto"`` (bf16 where the hardware runs it natively), ``"bf16"`` or
@@ -199,8 +200,13 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _check_model_and_dataset(model: str, dataset: str) -> None:
-    """``model`` one of `MODELS`; ``dataset`` ``"mnist"`` or a 2D toy density, which glow does not take."""
+    """``model`` one of `MODELS`; ``dataset`` ``"mnist"`` or a 2D toy density; glow takes only MNIST, the kinds
+    with only a ``toy`` preset (MAF, the spline flows) only the toys."""
     _check_choice("model", model, MODELS)
+    if dataset == "mnist" and not any(m == model and p != "toy" for (m, p) in PRESETS):
+        image_models = tuple(m for m in MODELS if any(m == n and p != "toy" for (n, p) in PRESETS))
+        raise ValueError(f"{model} is a model of the 2D toy densities: dataset must be one of {TOY_DENSITIES}, "
+                         f"got 'mnist' (MNIST takes the models {image_models})")
     if dataset != "mnist" and (model, "toy") not in PRESETS:
         toy_models = tuple(m for m in MODELS if (m, "toy") in PRESETS)
         raise ValueError(f"{model} is an image model: dataset must be 'mnist', got {dataset!r} "

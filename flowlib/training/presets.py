@@ -14,7 +14,7 @@ __all__ = ["MODELS", "PRESET_NAMES", "PRESETS"]
 _NICE_ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-4)
 
 #: The models the trainer builds (`build_model`).
-MODELS = ("nice", "realnvp", "glow")
+MODELS = ("nice", "realnvp", "glow", "maf", "spline_coupling", "spline_ar")
 
 #: The presets' names (``"toy"`` is the 2D toys' sizes, picked by ``dataset``, not a name).
 PRESET_NAMES = ("paper", "cpu", "quick")
@@ -68,4 +68,10 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("nice", "toy"): dict(epochs=20, batch_size=256, lr=1e-3,
                           model_kwargs=dict(num_couplings=6, hidden=64, num_hidden_layers=2)),
     ("realnvp", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=64)),
+    # The autoregressive and spline kinds of chapter 12 (2D toys only), as RealNVP's toy preset with the width
+    # that gives each about its parameters (35,352 for 8 couplings of width 64; `flowlib.book.analysis.width_for_params`):
+    # MAF 35,832 (width 63), spline coupling 35,824 (55), spline autoregressive 35,696 (46).
+    ("maf", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=63)),
+    ("spline_coupling", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=55)),
+    ("spline_ar", "toy"): dict(epochs=20, batch_size=256, lr=1e-3, model_kwargs=dict(hidden=46)),
 }
