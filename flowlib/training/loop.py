@@ -284,6 +284,10 @@ def evaluate_split(run: Run, split: str, samples: int = 1) -> float:
     :math:`N` chunks the processes agree on a stop. ``samples`` > 1 scores
     each example by the importance-weighted bound
     (`flowlib.training.evaluate.log_likelihood_sum`); the final test evaluation uses it.
+    It runs in fp32 whatever the training precision (no autocast): every run
+    is scored as one fixed, exactly invertible fp32 function, comparable across
+    precisions (bf16-trained RealNVP weights score 0.024-0.027 bits/dim worse
+    under bf16 autocast: benchmarks/results/precision_equal_time.json).
     """
     data = run.splits[split]
     chunks = data.split(run.config.eval_batch_size)

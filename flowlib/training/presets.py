@@ -37,8 +37,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                             train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
     # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
     # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64.
-    # fp32: under bf16 autocast its validation bits/dim were 0.12 worse after 300 steps
-    # (benchmarks/results/precision_check.md), far more than NICE's 0.002.
+    # fp32 here and in the committed cpu run. bf16 autocast is 0.12 bits/dim worse after 300 equal steps (one
+    # seed, benchmarks/results/precision_check.md) but 0.275 better at equal time (1.59x the steps, 3 seeds:
+    # benchmarks/results/precision_equal_time.md), so the cpu preset moves to bf16 when it is re-tuned and re-run.
     ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
                                model_kwargs=dict(hidden_channels=64, num_blocks=8),
                                checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
