@@ -17,6 +17,7 @@ nb_merge_streams = True
 # Widgets are stored without their state: show the picture and caption stored beside each one.
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 myst_enable_extensions = ["dollarmath", "amsmath"]
+nb_render_markdown_format = "myst"  # Markdown outputs (a chapter's printed tables) get the same $math$ as its text
 myst_dmath_double_inline = True  # $$...$$ inside a paragraph, as the chapters write it (and JupyterLab shows it)
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type"]
