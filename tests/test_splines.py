@@ -143,6 +143,18 @@ def test_knots_are_the_cumulative_sums_of_the_bin_sizes():
     assert torch.equal(spline_knots(torch.zeros(K), 2.0), torch.linspace(-2.0, 2.0, K + 1))
 
 
+def _assert_identity_to_roundoff(flow, x, dtype) -> None:
+    """Both directions of ``flow`` return ``x`` and log-det 0 to within the roundoff bound of their own computation."""
+    for direction in ("forward", "inverse"):
+        out, log_det = getattr(flow, direction)(x)
+        values = roundoff(lambda m, v: getattr(m, direction)(v)[0], flow, x)
+        dets = roundoff(lambda m, v: getattr(m, direction)(v)[1], flow, x)
+        assert_close_to_roundoff(out, x, values.bound, f"{direction} of the zero layer")
+        assert_close_to_roundoff(log_det, torch.zeros_like(log_det), dets.bound, f"{direction} log-det")
+        # power: the bounds stay at rounding level (64 ulps of B), so a layer that moved x by more would fail
+        assert (values.bound <= 64 * torch.finfo(dtype).eps * BOUND).all()
+
+
 @pytest.mark.parametrize("kind", list(PARAMETERS))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_spline_passes_through_its_knots_exactly(kind, dtype):
@@ -387,14 +399,7 @@ def test_zero_initialised_coupling_is_the_identity(mask, dtype, perturb):
     x = torch.where(x.abs() < BOUND, x, x / 2)  # mostly inside [-B, B]: the spline, not the tails
     equal_bins = torch.linspace(-BOUND, BOUND, K + 1, dtype=dtype)
     assert torch.equal(spline_knots(torch.zeros(K, dtype=dtype), BOUND), equal_bins)
-    for direction in ("forward", "inverse"):
-        out, log_det = getattr(flow, direction)(x)
-        values = roundoff(lambda m, v: getattr(m, direction)(v)[0], flow, x)
-        dets = roundoff(lambda m, v: getattr(m, direction)(v)[1], flow, x)
-        assert_close_to_roundoff(out, x, values.bound, f"{direction} of the zero layer")
-        assert_close_to_roundoff(log_det, torch.zeros_like(log_det), dets.bound, f"{direction} log-det")
-        # power: the bounds stay at rounding level (64 ulps of B), so a layer that moved x by more would fail
-        assert (values.bound <= 64 * torch.finfo(dtype).eps * BOUND).all()
+    _assert_identity_to_roundoff(flow, x, dtype)
 
 
 def test_bad_arguments_raise_value_errors():
@@ -559,13 +564,7 @@ def test_zero_initialised_autoregressive_layer_is_the_identity(direction, dtype,
     flow = ar_layer(direction, "shuffled", dtype, perturb, zero=True)
     x = 2 * torch.randn(4, AR_DIM, dtype=dtype)
     x = torch.where(x.abs() < BOUND, x, x / 2)
-    for name in ("forward", "inverse"):
-        out, log_det = getattr(flow, name)(x)
-        values = roundoff(lambda m, v: getattr(m, name)(v)[0], flow, x)
-        dets = roundoff(lambda m, v: getattr(m, name)(v)[1], flow, x)
-        assert_close_to_roundoff(out, x, values.bound, f"{name} of the zero layer")
-        assert_close_to_roundoff(log_det, torch.zeros_like(log_det), dets.bound, f"{name} log-det")
-        assert (values.bound <= 64 * torch.finfo(dtype).eps * BOUND).all()
+    _assert_identity_to_roundoff(flow, x, dtype)
 
 
 def test_autoregressive_bad_arguments_raise_value_errors():
