@@ -43,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--optimizer", choices=["adam", "rmsprop_momentum"],
+                   help="Adam (the presets), or RMSProp with momentum as NICE's released code trains")
+    p.add_argument("--schedule", choices=["constant", "cosine", "exponential"],
+                   help="learning rate: constant, cosine to 0, or divided by 1.0005 per update down to a tenth")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast for the nets where the hardware has it (auto, the default), or not")
@@ -63,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``; returns the exit status."""
     args = _parser().parse_args(argv)
-    fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+    fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                  schedule=args.schedule,
                   seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..files import runs_dir, shown_path
 from .presets import MODELS, PRESET_NAMES, PRESETS
 from ..datasets.toy import TOY_DENSITIES
-from .fit import SCHEDULES, check_adam, check_clip_grad, check_seed
+from .fit import OPTIMIZERS, SCHEDULES, check_adam, check_clip_grad, check_seed
 from .precision import MATMUL_PRECISIONS, PRECISIONS
 from ..flow_model import FlowModel
 from ..models import glow, nice, realnvp_image, toy_model
@@ -58,8 +58,10 @@ class TrainConfig:
     ``"fp32"``; ``matmul_precision`` is ``"fp32"`` (true float32 matmuls and
     convolutions outside autocast, cuDNN's included) or ``"tf32"`` (TensorFloat-32
     on GPUs that have it; `flowlib.training.precision.matmul_precision`), and
-    ``results.json`` records the one in effect; ``schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over the
-    run); ``compile`` runs each step's loss through ``torch.compile``
+    ``results.json`` records the one in effect; ``optimizer`` is ``"adam"`` (with ``betas``, ``eps``,
+    ``weight_decay``) or ``"rmsprop_momentum"`` (NICE's released code, `flowlib.training.rmsprop_momentum`);
+    ``schedule`` is ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"exponential"`` (divided by 1.0005
+    per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs each step's loss through ``torch.compile``
     (`flowlib.training.fit.compiled_loss`; its compile time counts in the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
@@ -90,6 +92,7 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_grad: float | None = None
+    optimizer: str = "adam"
     schedule: str = "constant"
     precision: str = "auto"
     matmul_precision: str = "fp32"
@@ -120,6 +123,9 @@ class TrainConfig:
         check_adam(self.lr, self.betas, self.eps, self.weight_decay)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_clip_grad(self.clip_grad)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer == "rmsprop_momentum" and self.weight_decay:
+            raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum', got {self.weight_decay!r}")
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
@@ -216,7 +222,7 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
-                "weight_decay": "wd", "clip_grad": "clip", "schedule": "", "precision": "", "matmul_precision": "",
+                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "precision": "", "matmul_precision": "",
                 "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile"}
 

@@ -37,12 +37,20 @@ from ..flow import check_int, check_positive, initialize_from_data, value_checks
 from ..metrics import bits_per_dim
 from .evaluate import Evaluation, evaluate
 from .precision import PRECISIONS, autocast, model_device, to_device
+from .rmsprop_momentum import RMSPropMomentum
 
-__all__ = ["SCHEDULES", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
+__all__ = ["SCHEDULES", "EXPONENTIAL_DECAY", "OPTIMIZERS", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
            "make_optimizer", "learning_rate", "negative_log_likelihood", "compiled_loss", "train_step", "FitResult",
            "fit"]
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "exponential")
+
+#: The ``"exponential"`` schedule: the rate is divided by this after every update, down to a tenth of its start
+#: (NICE's released code: 1e-3 to 1e-4, `flowlib.training.rmsprop_momentum`).
+EXPONENTIAL_DECAY = 1.0005
+
+#: The optimizers `make_optimizer` builds.
+OPTIMIZERS = ("adam", "rmsprop_momentum")
 UNITS = ("bpd", "nats")
 
 
@@ -117,33 +125,53 @@ def loss_scale(model: nn.Module, unit: str) -> float:
 
 def make_optimizer(
     model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-    weight_decay: float = 0.0,
-) -> torch.optim.Adam:
-    """Adam, as a fused kernel (one pass over memory per step instead of several; same arithmetic).
+    weight_decay: float = 0.0, optimizer: str = "adam",
+) -> torch.optim.Optimizer:
+    """Adam (``optimizer="adam"``), as a fused kernel (one pass over memory per step instead of several; same
+    arithmetic), or NICE's released `~flowlib.training.rmsprop_momentum.RMSPropMomentum` (``"rmsprop_momentum"``,
+    which takes neither ``betas`` nor ``eps`` nor weight decay).
 
     ``betas`` are today's decay rates (PyTorch, and Adam's final version). The
     first arXiv versions of Adam wrote :math:`\\beta` for one minus the decay,
     so NICE's "β2 = 0.01" means ``betas[1] = 0.99`` here. The settings are checked
-    (`check_adam`) before Adam is built.
+    (`check_adam`) before the optimizer is built.
+
+    >>> make_optimizer(nn.Linear(2, 2), optimizer="rmsprop_momentum", weight_decay=1e-4)
+    Traceback (most recent call last):
+    ...
+    ValueError: weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe has none), got 0.0001
     """
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
     check_adam(lr, betas, eps, weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "rmsprop_momentum":
+        if weight_decay:
+            raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe "
+                             f"has none), got {weight_decay!r}")
+        return RMSPropMomentum(params, lr=lr)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                             fused=fused or None)
 
 
 def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> float:
-    """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant or cosine to 0.
+    """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant, cosine to 0, or exponential.
 
-    A pure function of the step, so a resumed run follows the same schedule.
+    ``"exponential"`` is NICE's released schedule: :math:`\\max(\\eta / 1.0005^{t}, \\eta / 10)` at step
+    :math:`t` (`EXPONENTIAL_DECAY`; the floor from step
+    :math:`\\lceil \\ln 10 / \\ln 1.0005 \\rceil = 4607` on). A pure function of the step, so a
+    resumed run follows the same schedule.
 
     >>> learning_rate("cosine", 1.0, 0, 10), learning_rate("cosine", 1.0, 5, 10), learning_rate("constant", 0.1, 7, 10)
     (1.0, 0.5, 0.1)
+    >>> learning_rate("exponential", 1e-3, 0, 10), learning_rate("exponential", 1e-3, 10**6, 10)
+    (0.001, 0.0001)
     """
     _check_choice("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return lr
+    if schedule == "exponential":
+        return max(lr / EXPONENTIAL_DECAY ** min(step, 10**6), lr / 10)
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 

@@ -7,7 +7,8 @@ happens in between:
   ``checkpoint.pt`` saves it as a plain dict of its fields.
 * `one_epoch`: the steps of the current epoch. A step (`_step`) feeds the next
   global batch of the epoch's order (a function of ``(seed, epoch)`` only) to
-  `flowlib.training.fit.train_step` at the learning rate of the schedule;
+  `flowlib.training.fit.train_step` at the learning rate of the schedule (and,
+  for `~flowlib.training.rmsprop_momentum.RMSPropMomentum`, the momentum of the epoch);
   under torchrun every process takes its share of it inside
   `flowlib.training.distributed.LocalShare`. Every ``log_every`` steps the
   loss is read back (the only host sync), checked to be finite, the processes
@@ -44,6 +45,7 @@ from .config import TrainConfig, config_dict
 from .distributed import all_reduce_sum, rank_and_world
 from .evaluate import EVAL_SEED, log_likelihood_sum
 from .fit import learning_rate, train_step
+from .rmsprop_momentum import momentum_ramp
 from .precision import to_device
 from .stopping import StopFlag
 
@@ -203,6 +205,8 @@ def _step(run: Run, order: Tensor, loss_sum: Tensor) -> None:
     batch = order[st.step_in_epoch * cfg.batch_size:(st.step_in_epoch + 1) * cfg.batch_size]
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(cfg.schedule, cfg.lr, st.steps, cfg.epochs * run.steps_per_epoch)
+        if "momentum" in group:  # RMSPropMomentum: the released code's ramp, a function of the epoch
+            group["momentum"] = momentum_ramp(st.epoch + 1)
     run.in_step = True
     loss = train_step(run.model, run.optimizer, run.splits["train"][batch], clip_grad=cfg.clip_grad,
                       precision=run.precision, net=None if run.net is run.model else run.net, compile=cfg.compile)

@@ -134,7 +134,7 @@ def _built(config: TrainConfig, device: torch.device) -> Run:
     splits = {k: v.to(device) for k, v in load_dataset(config).items()}
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
-    optimizer = make_optimizer(model, config.lr, config.betas, config.eps, config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.betas, config.eps, config.weight_decay, config.optimizer)
     if rank_and_world()[0] == 0:  # model, Adam's two moments; the old file stays until the new one is renamed over it
         check_writable(config.out_dir, needed_bytes=7 * state_bytes(model))
     with torch.random.fork_rng(devices=[]), torch.no_grad():
