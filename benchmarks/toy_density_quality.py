@@ -37,7 +37,8 @@ log-scale (``MonotonicAffineTransform``); normflows a plain ``exp(s~)``
 init_zeros=True)``). The spline minima (bin width, height, derivative) are 1e-3 in flowlib and nflows;
 zuko bounds the spline's slope below by 1e-3.
 
-Run: ``.venv-bench/bin/python benchmarks/toy_density_quality.py [--steps 2000 --seeds 3 --families nsf-ar,nsf-c]``.
+Run: ``.venv-bench/bin/python benchmarks/toy_density_quality.py [--steps 2000 --seeds 3 --families nsf-ar,nsf-c]``;
+the results go to ``results/toy_density_quality-FAMILIES.{json,md}`` (``-realnvp``, ``-maf-nsf-ar-nsf-c``, ...).
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{args.hidden} wide, every other model at the width matching its {target:,} parameters; splines "
               f"{BINS} bins) after {args.steps} Adam steps (lr {args.lr}, batch {args.batch}), {args.seeds} seed(s), "
               f"torch {info['torch']}, {info['time']}\n\n{table}\n\n(* best on that density, over all models)")
-        common.write_results("toy_density_quality", result, md)
+        # one results file per set of families: a run of some families never overwrites another's table
+        common.write_results("toy_density_quality-" + "-".join(f for f in FAMILIES if f in families), result, md)
     return result
 
 
