@@ -125,11 +125,14 @@ def loss_scale(model: nn.Module, unit: str) -> float:
 
 def make_optimizer(
     model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-    weight_decay: float = 0.0, optimizer: str = "adam",
+    weight_decay: float = 0.0, optimizer: str = "adam", loss_factor: float = 1.0,
 ) -> torch.optim.Optimizer:
     """Adam (``optimizer="adam"``), as a fused kernel (one pass over memory per step instead of several; same
     arithmetic), or NICE's released `~flowlib.training.rmsprop_momentum.RMSPropMomentum` (``"rmsprop_momentum"``,
-    which takes neither ``betas`` nor ``eps`` nor weight decay).
+    which takes neither ``betas`` nor ``eps`` nor weight decay). ``loss_factor`` is the factor the loss is
+    multiplied by from nats per example (`loss_scale`: :math:`1 / (D \\ln 2)` for bits/dim): RMSProp's steps do
+    not depend on the loss's unit except through its floor, which the released code sets to :math:`10^{-2}` on
+    gradients of nats per example, so the floor is multiplied by it too.
 
     ``betas`` are today's decay rates (PyTorch, and Adam's final version). The
     first arXiv versions of Adam wrote :math:`\\beta` for one minus the decay,
@@ -148,7 +151,8 @@ def make_optimizer(
         if weight_decay:
             raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe "
                              f"has none), got {weight_decay!r}")
-        return RMSPropMomentum(params, lr=lr)
+        check_positive("loss_factor", loss_factor)
+        return RMSPropMomentum(params, lr=lr, stabilizer=1e-2 * loss_factor)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                             fused=fused or None)

@@ -25,9 +25,10 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Adam with lr 1e-3, momentum 0.9, beta2 "0.01" (= betas (0.9, 0.99) today), eps 1e-4.
     # Batch 200 and up to 1500 epochs as in the authors' released code (laurent-dinh/nice, exp/nice_mnist.yaml),
     # best validation kept. That code trains otherwise with another optimizer: RMSProp (averaging 0.95, the rms
-    # floored at 1e-2) with momentum raised from 0 to 0.5 at epoch 5, the learning rate divided by 1.0005 after
-    # every update down to 1e-4, and a fixed 'tile' reordering of the pixels first. This preset follows the
-    # paper's text (Adam at a constant rate) instead; the two have not been compared.
+    # floored at 1e-2) with momentum 0 for five epochs and 0.5 from the sixth, the learning rate divided by 1.0005
+    # after every update down to 1e-4, and a fixed 'tile' reordering of the pixels first. This preset follows the
+    # paper's text (Adam at a constant rate) instead; the trainer has the released optimizer and schedule
+    # (--optimizer rmsprop_momentum --schedule exponential), not the reordering.
     ("nice", "paper"): dict(epochs=1500, batch_size=200, checkpoint_minutes=10.0, log_every=250, **_NICE_ADAM),
     # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (2,285 against
     # 1,298 samples/s in fp32, 0.002 bits/dim apart after 1,250 steps: benchmarks/results/precision_check.md),

@@ -20,7 +20,11 @@ starts at :math:`10^{-3}` and is divided by 1.0005 after every update down to
 :math:`10^{-4}` (`flowlib.training.fit.learning_rate`, schedule
 ``"exponential"``), :math:`\\rho = 0.95`, :math:`\\epsilon = 10^{-2}`, and the
 momentum is 0 for the first five epochs and 0.5 from the sixth on
-(`momentum_ramp`). The trainer uses it with ``optimizer="rmsprop_momentum"``.
+(`momentum_ramp`). The released code's loss is in nats per example; the floor
+is the only part of the rule that depends on the loss's unit, and
+`flowlib.training.fit.make_optimizer` scales it with the loss (``loss_factor``),
+so training in bits/dim takes the released steps. The trainer uses it with
+``optimizer="rmsprop_momentum"``.
 
 >>> p = torch.nn.Parameter(torch.tensor([1.0]))
 >>> opt = RMSPropMomentum([p], lr=0.1)
@@ -88,5 +92,7 @@ def momentum_ramp(epoch: int, start: int = 5, saturate: int = 6, final: float = 
     >>> [momentum_ramp(e) for e in (1, 5, 6, 100)]
     [0.0, 0.0, 0.5, 0.5]
     """
+    if saturate <= start:
+        return final if epoch >= start else 0.0
     alpha = min(max((epoch - start) / (saturate - start), 0.0), 1.0)
     return alpha * final

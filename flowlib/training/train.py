@@ -59,7 +59,7 @@ from .config import TrainConfig, TrainResult, build_model, config_differences, l
 from .distributed import (broadcast_object, device_name, init_distributed, rank_and_world, resolve_device,
                           shutdown_distributed, wrap_data_parallel)
 from .final import finish
-from .fit import make_optimizer
+from .fit import loss_scale, make_optimizer
 from .loop import Run, Stop, TrainingDiverged, TrainState, end_of_epoch, epoch_order, one_epoch, stopped
 from .precision import matmul_precision, resolve_precision
 from .stopping import stop_signals_to
@@ -134,7 +134,8 @@ def _built(config: TrainConfig, device: torch.device) -> Run:
     splits = {k: v.to(device) for k, v in load_dataset(config).items()}
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
-    optimizer = make_optimizer(model, config.lr, config.betas, config.eps, config.weight_decay, config.optimizer)
+    optimizer = make_optimizer(model, config.lr, config.betas, config.eps, config.weight_decay, config.optimizer,
+                               loss_factor=loss_scale(model, "bpd"))  # the loop's steps are in bits/dim
     if rank_and_world()[0] == 0:  # model, Adam's two moments; the old file stays until the new one is renamed over it
         check_writable(config.out_dir, needed_bytes=7 * state_bytes(model))
     with torch.random.fork_rng(devices=[]), torch.no_grad():
