@@ -6,7 +6,8 @@ entry records the wall-clock seconds at the end of its epoch) and draws one
 curve per model, with the test bits/dim of the best-validation model and
 chapter 4's per-pixel baseline for reference. Runs kept for comparison
 (``results/realnvp-mnist-cpu-constant.json``: the same RealNVP preset with a
-constant learning rate) are drawn dashed beside the preset's run.
+constant learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs) are drawn dashed
+beside the preset's run.
 
     .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
 """
@@ -25,12 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json",
         "Glow": ROOT / "results" / "glow-mnist-cpu.json"}
-COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json"}}
+COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
+                        "bf16, 7 epochs\n(epochs 1-2 slowed by other work)":
+                            ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 
 
 def main() -> int:
-    fig, axes = plt.subplots(1, len(RUNS), figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, len(RUNS), figsize=(14, 4.4))
     for ax, (name, path) in zip(axes, RUNS.items()):
         if not path.exists():
             print(f"missing {path}: train it with `python -m flowlib.training {name.lower()} --preset cpu` "
@@ -43,7 +46,7 @@ def main() -> int:
         for k, (what, other_path) in enumerate(COMPARED.get(name, {}).items()):
             other = json.loads(other_path.read_text())
             ax.plot([h["seconds"] / 60 for h in other["history"]], [h["valid_bpd"] for h in other["history"]],
-                    "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation (test {other['test_bpd']:.3f})")
+                    "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
         if name == "NICE":
             ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 4): 4.85")
         ax.set_title(f"{name}, cpu preset: {run['device']}, {run['precision']}", fontsize=9)
