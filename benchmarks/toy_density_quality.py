@@ -39,7 +39,8 @@ zuko bounds the spline's slope below by 1e-3.
 
 Run: ``.venv-bench/bin/python benchmarks/toy_density_quality.py [--steps 2000 --seeds 3 --families nsf-ar,nsf-c]``;
 the results go to ``results/toy_density_quality-FAMILIES.{json,md}`` (``-realnvp``,
-``-maf_nsf-ar_nsf-c``, ...), written only by a run of every density and library of its families.
+``-maf_nsf-ar_nsf-c``, ...; ``-maf_nsf-ar_nsf-c-flowlib_zuko`` when ``--libs`` leaves out some of their
+libraries), written only by a run of every density.
 """
 
 from __future__ import annotations
@@ -267,18 +268,21 @@ def main(argv: list[str] | None = None) -> dict:
                                                        "layers", "n_train", "n_test")} | {"bins": BINS},
               "models": names, "hidden": hidden, "test_nll": nll, "mean_nll": means, "params": params,
               "train_seconds": secs}
-    whole = set(densities) == set(TOY_DENSITIES) and all(
-        n in names for n, (family, _, _, _) in MODELS.items() if family in families)
-    if not whole and not args.no_save and not args.quick:
-        print("not saved: a results file holds every density and every library of its families")
-    if whole and not args.no_save and not args.quick:
+    every_lib = all(n in names for n, (family, _, _, _) in MODELS.items() if family in families)
+    if set(densities) != set(TOY_DENSITIES) and not args.no_save and not args.quick:
+        print("not saved: a results file holds every density")
+    if set(densities) == set(TOY_DENSITIES) and not args.no_save and not args.quick:
         md = (f"Test NLL (nats) of {args.couplings}-layer flows ({args.layers} hidden layers per network; RealNVP "
               f"{args.hidden} wide, every other model at the width matching its {target:,} parameters; splines "
               f"{BINS} bins) after {args.steps} Adam steps (lr {args.lr}, batch {args.batch}), {args.seeds} seed(s), "
-              f"torch {info['torch']}, {info['time']}\n\n{table}\n\n(* best on that density, over all models)")
-        # one results file per set of families (a run of some families never overwrites another's table),
-        # written only by a run of every density and library of them
-        common.write_results("toy_density_quality-" + "_".join(f for f in FAMILIES if f in families), result, md)
+              f"torch {info['torch']}, {info['time']}\n\n{table}\n\n(* best on that density, over all models)\n\n"
+              f"Command: `.venv-bench/bin/python benchmarks/toy_density_quality.py {' '.join(argv or [])}`")
+        # one results file per set of families, and of libraries when not all of theirs ran, so that no run
+        # overwrites another's table; written only by a run of every density
+        name = "toy_density_quality-" + "_".join(f for f in FAMILIES if f in families)
+        if not every_lib:
+            name += "-" + "_".join(lib for lib in LIBS if lib in libs)
+        common.write_results(name, result, md)
     return result
 
 
