@@ -56,6 +56,7 @@ from torch import Tensor
 
 import common
 from flowlib.book.analysis import count_parameters, width_for_params  # noqa: E402
+from flowlib.book.baselines import TRUE_DENSITIES, true_nll
 import flowlib
 from flowlib.datasets.toy import TOY_DENSITIES, toy_splits
 from flowlib.models import TOY_SPLINE_BOUND, toy_model
@@ -252,21 +253,26 @@ def main(argv: list[str] | None = None) -> dict:
         m = statistics.mean(values)
         return f"{m:.3f}" if len(values) == 1 else f"{m:.3f} ± {statistics.stdev(values):.3f}"
 
+    # the true density's NLL on the same test points (the floor no model beats on average), where it is known
+    floor = {d: true_nll(d, toy_splits(d, args.n_train, args.n_test, seed=0)[1]) for d in densities
+             if d in TRUE_DENSITIES}
     rows = []
     for d in densities:
         best = min(statistics.mean(nll[d][n]) for n in names)
-        rows.append([d, *[cell(nll[d][n]) + (" *" if statistics.mean(nll[d][n]) == best else "") for n in names]])
+        rows.append([d, *[cell(nll[d][n]) + (" *" if statistics.mean(nll[d][n]) == best else "") for n in names],
+                     f"{floor[d]:.3f}" if d in floor else "-"])
     means = {n: statistics.mean(statistics.mean(nll[d][n]) for d in densities) for n in names}
-    rows.append(["mean", *[f"{means[n]:.3f}" for n in names]])
-    rows.append(["hidden width", *[str(hidden[n]) for n in names]])
-    rows.append(["parameters", *[f"{params[n]:,}" for n in names]])
-    rows.append(["train seconds", *[f"{secs[n]:.0f}" for n in names]])
-    table = common.format_table(["test NLL (nats), lower is better", *names], rows)
+    rows.append(["mean", *[f"{means[n]:.3f}" for n in names], ""])
+    rows.append(["hidden width", *[str(hidden[n]) for n in names], ""])
+    rows.append(["parameters", *[f"{params[n]:,}" for n in names], ""])
+    rows.append(["train seconds", *[f"{secs[n]:.0f}" for n in names], ""])
+    table = common.format_table(["test NLL (nats), lower is better", *names, "true density"], rows)
     print("\n" + table + "\n(* best on that density, over all models)")
     result = {"benchmark": "toy_density_quality", "machine": info, "versions": versions(),
               "config": {k: getattr(args, k) for k in ("steps", "seeds", "batch", "lr", "couplings", "hidden",
                                                        "layers", "n_train", "n_test")} | {"bins": BINS},
-              "models": names, "hidden": hidden, "test_nll": nll, "mean_nll": means, "params": params,
+              "models": names, "hidden": hidden, "test_nll": nll, "mean_nll": means, "true_nll": floor,
+              "params": params,
               "train_seconds": secs}
     every_lib = all(n in names for n, (family, _, _, _) in MODELS.items() if family in families)
     if set(densities) != set(TOY_DENSITIES) and not args.no_save and not args.quick:
