@@ -8,6 +8,17 @@ never inverts its net, so the flow stays exactly invertible and its log-det
 exact for the function it computes. ``"auto"`` picks bf16 on CUDA devices
 that support it and on CPUs with native bf16 instructions, fp32 elsewhere.
 
+That is the choice measured best for the ``cpu`` presets on a CPU with native
+bf16 (2-core AMD EPYC with AVX512-BF16; ``benchmarks/results/precision_equal_time.md``):
+at equal training time, bf16 (1.59x RealNVP's steps, 1.46x Glow's) reached
+lower validation bits/dim than fp32 on every seed (RealNVP 1.824 ± 0.013
+against 2.099 ± 0.030, 3 seeds; Glow 1.626 ± 0.003 against 1.667 ± 0.000,
+2 seeds), and NICE's bf16 nets were within 0.002 bits/dim of fp32 at equal
+steps while twice as fast over the whole fit (687 against 337 samples/s,
+validation passes included; ``benchmarks/results/precision_check.md``). Where
+the CPU lacks native bf16, autocast emulates it and is slower than fp32, so
+``"auto"`` keeps fp32 there.
+
 Float32 arithmetic outside autocast has a precision of its own on NVIDIA GPUs
 since Ampere: TensorFloat-32 (TF32), float32's range with a 10-bit mantissa
 (float16's; float32 has 23) in the tensor cores' matrix multiplies and

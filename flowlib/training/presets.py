@@ -30,8 +30,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # paper's text (Adam at a constant rate) instead; the trainer has the released optimizer and schedule
     # (--optimizer rmsprop_momentum --schedule exponential), not the reordering.
     ("nice", "paper"): dict(epochs=1500, batch_size=200, checkpoint_minutes=10.0, log_every=250, **_NICE_ADAM),
-    # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (2,285 against
-    # 1,298 samples/s in fp32, 0.002 bits/dim apart after 1,250 steps: benchmarks/results/precision_check.md),
+    # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (687 against 337
+    # samples/s in fp32 over a whole fit with its validation passes, 0.002 bits/dim apart after 1,250 steps:
+    # benchmarks/results/precision_check.md),
     # 65 epochs with the learning rate on a cosine to 0.
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
