@@ -35,7 +35,7 @@ from torch import Tensor
 from ..files import runs_dir, shown_path
 from .presets import MODELS, PRESET_NAMES, PRESETS
 from ..datasets.toy import TOY_DENSITIES
-from .fit import OPTIMIZERS, SCHEDULES, check_adam, check_clip_grad, check_seed
+from .fit import SCHEDULES, check_clip_grad, check_optimizer, check_seed
 from .precision import MATMUL_PRECISIONS, PRECISIONS
 from ..flow_model import FlowModel
 from ..models import glow, nice, realnvp_image, toy_model
@@ -61,8 +61,9 @@ class TrainConfig:
     ``results.json`` records the one in effect; ``optimizer`` is ``"adam"`` (with ``betas``, ``eps``,
     ``weight_decay``) or ``"rmsprop_momentum"`` (NICE's released code, `flowlib.training.rmsprop_momentum`);
     ``schedule`` is ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"exponential"`` (divided by 1.0005
-    per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs each step's loss through ``torch.compile``
-    (`flowlib.training.fit.compiled_loss`; its compile time counts in the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs
+    each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its compile time counts in
+    the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
     start or resume, after at least one step; ``max_steps`` counts steps of the
@@ -120,12 +121,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        check_adam(self.lr, self.betas, self.eps, self.weight_decay)
+        check_optimizer(self.optimizer, self.lr, self.betas, self.eps, self.weight_decay)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_clip_grad(self.clip_grad)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.optimizer == "rmsprop_momentum" and self.weight_decay:
-            raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum', got {self.weight_decay!r}")
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
@@ -222,8 +220,8 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
-                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "precision": "", "matmul_precision": "",
-                "model_kwargs": "",
+                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "precision": "",
+                "matmul_precision": "", "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile"}
 
 

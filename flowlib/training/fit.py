@@ -39,15 +39,17 @@ from .evaluate import Evaluation, evaluate
 from .precision import PRECISIONS, autocast, model_device, to_device
 from .rmsprop_momentum import RMSPropMomentum
 
-__all__ = ["SCHEDULES", "EXPONENTIAL_DECAY", "OPTIMIZERS", "UNITS", "SEED_LIMIT", "batches", "loss_scale", "check_adam", "check_clip_grad", "check_seed",
-           "make_optimizer", "learning_rate", "negative_log_likelihood", "compiled_loss", "train_step", "FitResult",
-           "fit"]
+__all__ = ["SCHEDULES", "EXPONENTIAL_DECAY", "EXPONENTIAL_FLOOR_STEP", "OPTIMIZERS", "UNITS", "SEED_LIMIT", "batches",
+           "loss_scale", "check_adam", "check_optimizer", "check_clip_grad", "check_seed", "make_optimizer",
+           "learning_rate", "negative_log_likelihood", "compiled_loss", "train_step", "FitResult", "fit"]
 
 SCHEDULES = ("constant", "cosine", "exponential")
 
 #: The ``"exponential"`` schedule: the rate is divided by this after every update, down to a tenth of its start
 #: (NICE's released code: 1e-3 to 1e-4, `flowlib.training.rmsprop_momentum`).
 EXPONENTIAL_DECAY = 1.0005
+#: The first step at the floor: :math:`\lceil \ln 10 / \ln 1.0005 \rceil`.
+EXPONENTIAL_FLOOR_STEP = math.ceil(math.log(10) / math.log(EXPONENTIAL_DECAY))
 
 #: The optimizers `make_optimizer` builds.
 OPTIMIZERS = ("adam", "rmsprop_momentum")
@@ -100,6 +102,22 @@ def check_adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: 
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
+def check_optimizer(optimizer: str, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """The optimizer's name and settings: one of `OPTIMIZERS`, Adam's settings (`check_adam`; RMSProp uses
+    ``lr`` from them), and no weight decay for ``"rmsprop_momentum"``, since NICE's released recipe has none.
+
+    >>> check_optimizer("rmsprop_momentum", 1e-3, (0.9, 0.999), 1e-8, 1e-4)
+    Traceback (most recent call last):
+    ...
+    ValueError: weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe has none), got 0.0001
+    """
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_adam(lr, betas, eps, weight_decay)
+    if optimizer == "rmsprop_momentum" and weight_decay:
+        raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe "
+                         f"has none), got {weight_decay!r}")
+
+
 def check_seed(seed: int) -> None:
     """An integer in ``[0, SEED_LIMIT)`` (``2**63``).
 
@@ -137,20 +155,16 @@ def make_optimizer(
     ``betas`` are today's decay rates (PyTorch, and Adam's final version). The
     first arXiv versions of Adam wrote :math:`\\beta` for one minus the decay,
     so NICE's "β2 = 0.01" means ``betas[1] = 0.99`` here. The settings are checked
-    (`check_adam`) before the optimizer is built.
+    (`check_optimizer`) before the optimizer is built.
 
     >>> make_optimizer(nn.Linear(2, 2), optimizer="rmsprop_momentum", weight_decay=1e-4)
     Traceback (most recent call last):
     ...
     ValueError: weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe has none), got 0.0001
     """
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_adam(lr, betas, eps, weight_decay)
+    check_optimizer(optimizer, lr, betas, eps, weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "rmsprop_momentum":
-        if weight_decay:
-            raise ValueError(f"weight_decay must be 0 with optimizer 'rmsprop_momentum' (NICE's released recipe "
-                             f"has none), got {weight_decay!r}")
         check_positive("loss_factor", loss_factor)
         return RMSPropMomentum(params, lr=lr, stabilizer=1e-2 * loss_factor)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -163,8 +177,8 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> floa
 
     ``"exponential"`` is NICE's released schedule: :math:`\\max(\\eta / 1.0005^{t}, \\eta / 10)` at step
     :math:`t` (`EXPONENTIAL_DECAY`; the floor from step
-    :math:`\\lceil \\ln 10 / \\ln 1.0005 \\rceil = 4607` on). A pure function of the step, so a
-    resumed run follows the same schedule.
+    :math:`\\lceil \\ln 10 / \\ln 1.0005 \\rceil = 4607` on, `EXPONENTIAL_FLOOR_STEP`). A pure function of
+    the step, so a resumed run follows the same schedule.
 
     >>> learning_rate("cosine", 1.0, 0, 10), learning_rate("cosine", 1.0, 5, 10), learning_rate("constant", 0.1, 7, 10)
     (1.0, 0.5, 0.1)
@@ -175,7 +189,7 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> floa
     if schedule == "constant":
         return lr
     if schedule == "exponential":
-        return max(lr / EXPONENTIAL_DECAY ** min(step, 10**6), lr / 10)
+        return max(lr / EXPONENTIAL_DECAY ** min(step, EXPONENTIAL_FLOOR_STEP), lr / 10)
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
