@@ -148,3 +148,22 @@ def test_text_draw_is_restored():
     with pytest.raises(ValueError):
         check_readable(fig)
     assert Text.draw is original
+
+
+def test_the_test_commands_kernels_check_figures_when_shown():
+    # conftest.py gives every kernel the test command starts (nbval's chapters included) an IPython
+    # startup file that makes plt.show() check every open figure: a chapter with an unreadable figure fails
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    draw = ('import matplotlib.pyplot as plt\n'
+            'fig, ax = plt.subplots(figsize={size})\n'
+            'ax.legend(handles=ax.plot([0, 1], label="a legend"), fontsize=8)\n'
+            'plt.show()')
+    # 8 pt at 100 dpi is 11.1 px at full size, and 6.9 px in a 19 in figure shrunk to 0.62
+    readable = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(draw.format(size=(6, 3)))])
+    NotebookClient(readable, kernel_name="python3", timeout=120).execute()
+    unreadable = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(draw.format(size=(19, 3)))])
+    with pytest.raises(CellExecutionError, match=r"shown at 0\.62 in a 950 px column: .*legend 'a legend'"):
+        NotebookClient(unreadable, kernel_name="python3", timeout=120).execute()

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.text import Text
 
-__all__ = ["MIN_FONT_PX", "COLUMN_PX", "TextSize", "Readability", "measure_readability", "check_readable"]
+__all__ = ["MIN_FONT_PX", "COLUMN_PX", "TextSize", "Readability", "measure_readability", "check_readable",
+           "check_figures_when_shown"]
 
 #: The narrowest text, in screen pixels, that `check_readable` accepts (see the module docstring).
 MIN_FONT_PX = 10.0
@@ -200,3 +201,48 @@ def check_readable(fig: "Figure", column_px: float = COLUMN_PX, min_font_px: flo
     raise ValueError(f"figure {found.width_px:.0f} px wide inline ({w:.1f} x {h:.1f} in at {fig.dpi:.0f} dpi), "
                      f"shown at {found.scale:.2f} in a {column_px:.0f} px column: " + " | ".join(problems)
                      + " (fix: a figsize at most column_px / dpi wide, larger fontsize, or a layout engine)")
+
+
+def check_figures_when_shown() -> None:
+    """Make ``plt.show()`` run `check_readable` on every open figure before it shows them.
+
+    The test command installs this in every chapter's kernel (an IPython
+    startup file, ``conftest.py``), so a chapter whose figure would be
+    unreadable at the notebook's width fails with the `check_readable` error
+    in the cell that draws it. Every drawing cell of the chapters ends in
+    ``plt.show()``. A figure that fails is closed with the others, so the
+    next cell is checked on its own figures. Installing it twice wraps
+    ``plt.show`` once.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> check_figures_when_shown()
+    >>> fig, ax = plt.subplots(figsize=(19, 3))
+    >>> _ = ax.legend(handles=ax.plot([0, 1], label="tiny"), fontsize=7)
+    >>> plt.show()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: figure 1524 px wide inline (19.0 x 3.0 in at 100 dpi), shown at 0.62 in a 950 px column: ...
+    >>> plt.get_fignums()
+    []
+    """
+    import functools
+
+    import matplotlib.pyplot as plt
+
+    show = plt.show
+    if getattr(show, "checks_readability", False):
+        return
+
+    @functools.wraps(show)
+    def checked_show(*args: object, **kwargs: object) -> object:
+        try:
+            for number in plt.get_fignums():
+                check_readable(plt.figure(number))
+        except ValueError:
+            plt.close("all")    # the cells after this one are checked on their own figures
+            raise
+        return show(*args, **kwargs)
+
+    checked_show.checks_readability = True  # type: ignore[attr-defined]
+    plt.show = checked_show
