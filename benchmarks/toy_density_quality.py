@@ -40,11 +40,19 @@ zuko bounds the spline's slope below by 1e-3.
 Run: ``.venv-bench/bin/python benchmarks/toy_density_quality.py [--steps 2000 --seeds 3 --families nsf-ar,nsf-c]``;
 the results go to ``results/toy_density_quality-FAMILIES.{json,md}`` (``-realnvp``,
 ``-maf_nsf-ar_nsf-c``, ...; ``-maf_nsf-ar_nsf-c-flowlib_zuko`` when ``--libs`` leaves out some of their
-libraries), written only by a run of every density.
+libraries), written only when every density has been run.
+
+**Nothing is lost on interruption.** Each trained model's score is kept, as it lands, in
+``runs/benchmarks/<results name>.partial.json`` (ignored by git), keyed by everything that decides the
+numbers (settings, models and widths, CPU, threads, library versions). A later run with the same key takes
+the scores it finds there and trains only the rest, so a sweep can be run in pieces, one density at a time
+(``--densities``) or across sessions; ``--restart`` ignores the file. It is deleted once the results are
+written.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -59,6 +67,7 @@ from flowlib.book.analysis import count_parameters, width_for_params  # noqa: E4
 from flowlib.book.baselines import TRUE_DENSITIES, true_nll
 import flowlib
 from flowlib.datasets.toy import TOY_DENSITIES, toy_splits
+from flowlib.files import runs_dir
 from flowlib.models import TOY_SPLINE_BOUND, toy_model
 from nice_training import versions
 
@@ -220,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-test", type=int, default=20000)
     p.add_argument("--densities", type=str, default=",".join(TOY_DENSITIES))
     p.add_argument("--families", type=str, default=",".join(FAMILIES), help=f"comma-separated subset of {FAMILIES}")
+    p.add_argument("--restart", action="store_true", help="train every model again, ignoring kept scores")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.n_train, args.n_test = 30, 1, 2000, 1000
@@ -237,6 +247,21 @@ def main(argv: list[str] | None = None) -> dict:
           f"widths matched to flowlib RealNVP's {target:,} parameters: "
           + ", ".join(f"{n} {hidden[n]}" for n in names))
     print(f"machine: {info['cpu']}, torch {info['torch']}; versions: {versions()}\n", flush=True)
+    # one results file per set of families, and of libraries when not all of theirs ran, so that no run
+    # overwrites another's table
+    every_lib = all(n in names for n, (family, _, _, _) in MODELS.items() if family in families)
+    results_name = "toy_density_quality-" + "_".join(f for f in FAMILIES if f in families)
+    if not every_lib:
+        results_name += "-" + "_".join(lib for lib in LIBS if lib in libs)
+    keep = not args.quick and not args.no_save
+    key = {k: getattr(args, k) for k in ("steps", "batch", "lr", "couplings", "hidden", "layers", "n_train",
+                                         "n_test")} | {"bins": BINS, "hidden_widths": hidden,
+                                                       "cpu": info["cpu"], "threads": info["threads"],
+                                                       "torch": info["torch"], "versions": versions()}
+    partial = runs_dir() / "benchmarks" / f"{results_name}.partial.json"
+    kept = load_kept(partial, key) if keep and not args.restart else {}
+    if kept:
+        print(f"taking {len(kept)} kept scores from {partial}", flush=True)
     nll: dict[str, dict[str, list[float]]] = {d: {n: [] for n in names} for d in densities}
     secs: dict[str, float] = {n: 0.0 for n in names}
     params: dict[str, int] = {}
@@ -244,7 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
         train, test = toy_splits(d, args.n_train, args.n_test, seed=0)
         for seed in range(args.seeds):
             for name in names:
-                value, seconds, params[name] = train_and_test(name, hidden[name], train, test, args, seed)
+                run = f"{d}/{seed}/{name}"
+                if run not in kept:
+                    kept[run] = train_and_test(name, hidden[name], train, test, args, seed)
+                    if keep:
+                        save_kept(partial, key, kept)
+                value, seconds, params[name] = kept[run]
                 nll[d][name].append(value)
                 secs[name] += seconds
         print(f"{d:13s}" + "".join(f"  {n} {statistics.mean(nll[d][n]):.3f}" for n in names), flush=True)
@@ -274,22 +304,37 @@ def main(argv: list[str] | None = None) -> dict:
               "models": names, "hidden": hidden, "test_nll": nll, "mean_nll": means, "true_nll": floor,
               "params": params,
               "train_seconds": secs}
-    every_lib = all(n in names for n, (family, _, _, _) in MODELS.items() if family in families)
-    if set(densities) != set(TOY_DENSITIES) and not args.no_save and not args.quick:
-        print("not saved: a results file holds every density")
+    if set(densities) != set(TOY_DENSITIES) and keep:
+        print(f"not saved: a results file holds every density (the scores are kept in {partial})")
     if set(densities) == set(TOY_DENSITIES) and not args.no_save and not args.quick:
         md = (f"Test NLL (nats) of {args.couplings}-layer flows ({args.layers} hidden layers per network; RealNVP "
               f"{args.hidden} wide, every other model at the width matching its {target:,} parameters; splines "
               f"{BINS} bins) after {args.steps} Adam steps (lr {args.lr}, batch {args.batch}), {args.seeds} seed(s), "
               f"torch {info['torch']}, {info['time']}\n\n{table}\n\n(* best on that density, over all models)\n\n"
               f"Command: `.venv-bench/bin/python benchmarks/toy_density_quality.py {' '.join(argv or [])}`")
-        # one results file per set of families, and of libraries when not all of theirs ran, so that no run
-        # overwrites another's table; written only by a run of every density
-        name = "toy_density_quality-" + "_".join(f for f in FAMILIES if f in families)
-        if not every_lib:
-            name += "-" + "_".join(lib for lib in LIBS if lib in libs)
-        common.write_results(name, result, md)
+        common.write_results(results_name, result, md)
+        partial.unlink(missing_ok=True)
     return result
+
+
+def load_kept(path, key: dict) -> dict[str, tuple[float, float, int]]:
+    """The scores kept in ``path`` by an earlier run with the same ``key``: ``"density/seed/model"`` to
+    (test NLL, seconds, parameters); none when the file is missing or its key differs."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("key") != json.loads(json.dumps(key)):
+        print(f"not taking the scores in {path}: they were made with other settings (it will be overwritten)")
+        return {}
+    return {run: tuple(v) for run, v in data["runs"].items()}
+
+
+def save_kept(path, key: dict, kept: dict) -> None:
+    """Write the scores so far, atomically (a run interrupted while writing keeps the previous file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "runs": kept}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
