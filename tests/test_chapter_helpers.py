@@ -92,7 +92,8 @@ def test_the_rebuild_stores_the_run_and_its_figures(tmp_path: Path) -> None:
     path.parent.mkdir()
     _notebook(path, "import os, matplotlib.pyplot as plt\nfrom flowlib.book.chapter import figure_path, quick_mode\n"
                     "print(quick_mode()); print(os.getcwd())",
-              "fig = plt.figure(figsize=(1, 1)); plt.plot([0, 1]); fig.savefig(figure_path('tiny.png')); plt.show()")
+              "fig = plt.figure(figsize=(3, 2), layout='constrained'); plt.plot([0, 1])\n"   # readable: conftest.py
+              "fig.savefig(figure_path('tiny.png')); plt.show()")
     rebuild_chapter(path, figures)
     text = path.read_text()
     nb = json.loads(text)
