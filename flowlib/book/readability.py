@@ -225,6 +225,7 @@ def check_figures_when_shown() -> None:
     ValueError: figure 1524 px wide inline (19.0 x 3.0 in at 100 dpi), shown at 0.62 in a 950 px column: ...
     >>> plt.get_fignums()
     []
+    >>> plt.show = plt.show.__wrapped__   # this process's plt.show as it was
     """
     import functools
 
