@@ -120,7 +120,9 @@ class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``.
 
     Multiplying by 0 and 1 is exact, so a masked weight is an exact zero and
-    the output does not change at all when a masked input does.
+    the output does not change at all when a masked input does. MADE's
+    :math:`h = g(b + (W \\odot M) x)` (Germain et al. 2015, section 4;
+    https://arxiv.org/abs/1502.03509).
 
     >>> layer = MaskedLinear(2, 2, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     >>> x = torch.tensor([[1.0, 2.0]])
@@ -147,6 +149,8 @@ class MADE(nn.Module):
     (`made_degrees`; hidden layers ``deg_out >= deg_in``, output
     ``deg_out > deg_in``). The output layer starts at zero. With the default
     ``n = 2`` the blocks are raw log-scales, then shifts (`MaskedAutoregressive`).
+    Germain et al. 2015, "MADE: Masked Autoencoder for Distribution Estimation",
+    section 4 (https://arxiv.org/abs/1502.03509).
 
     >>> net = MADE(3, hidden=8, num_hidden_layers=2)
     >>> [m.mask.shape for m in net.layers]

@@ -217,7 +217,8 @@ class SplineCoupling(Coupling):
     derivatives. :math:`\\log|\\det J|` sums the spline's log-derivatives
     over the transformed entries (the Jacobian is triangular, as for
     `~flowlib.coupling.AffineCoupling`). A zero-initialised net makes the
-    layer the identity (module docstring).
+    layer the identity (module docstring). Durkan et al. 2019, "Neural Spline
+    Flows", section 3.2 (https://arxiv.org/abs/1906.04032).
 
     >>> from flowlib.masks import half_mask
     >>> from flowlib.nets import MLP
