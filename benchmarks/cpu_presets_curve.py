@@ -1,20 +1,28 @@
-"""Validation bits/dim against wall-clock minutes for the ``cpu`` presets, from their committed results.
+"""Validation bits/dim against wall-clock minutes for the ``cpu`` presets, every seed, from their committed results.
 
-Reads ``results/nice-mnist-cpu.json``, ``results/realnvp-mnist-cpu.json`` and ``results/glow-mnist-cpu.json``
-(the trainer's ``results.json`` of each run, copied there; each history
-entry records the wall-clock seconds at the end of its epoch) and draws one
-curve per model, with the test bits/dim of the best-validation model and
-chapter 4's per-pixel baseline for reference. Runs kept for comparison
-(``results/realnvp-mnist-cpu-constant.json``: the same RealNVP preset with a
-constant learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs) are drawn dashed
-beside the preset's run.
+Reads each model's seeds from ``results/``: ``<model>-mnist-cpu.json`` (seed 0) and
+``<model>-mnist-cpu-seed<N>.json`` (the trainer's ``results.json`` of each run, copied there; each history entry
+records the wall-clock seconds at the end of its epoch), and draws one curve per seed, with the test bits/dim of
+each seed's best-validation model and their mean and standard deviation in the legend, and chapter 4's per-pixel
+baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-constant.json``: the same RealNVP
+preset with a constant learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs) are
+drawn dashed beside the preset's runs.
 
-    .venv/bin/python benchmarks/cpu_presets_curve.py    # writes benchmarks/results/cpu_presets.png
+With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
+:math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
+results file names, on this machine only), so that the numbers are seen beside what the model draws. A model
+whose run folder is missing, or whose ``best.pt`` is another run's, is left blank and named.
+
+    .venv/bin/python benchmarks/cpu_presets_curve.py             # writes benchmarks/results/cpu_presets.png
+    .venv/bin/python benchmarks/cpu_presets_curve.py --samples   # ... with T = 0.7 samples under each curve
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,38 +32,108 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {"NICE": ROOT / "results" / "nice-mnist-cpu.json", "RealNVP": ROOT / "results" / "realnvp-mnist-cpu.json",
-        "Glow": ROOT / "results" / "glow-mnist-cpu.json"}
+MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
 COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs\n(epochs 1-2 slowed by other work)":
                             ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
+TEMPERATURE = 0.7
 
 
-def main() -> int:
-    fig, axes = plt.subplots(1, len(RUNS), figsize=(14, 4.4))
-    for ax, (name, path) in zip(axes, RUNS.items()):
-        if not path.exists():
-            print(f"missing {path}: train it with `python -m flowlib.training {name.lower()} --preset cpu` "
-                  f"and copy runs/.../results.json there", file=sys.stderr)
+def seed_files(model: str, results: Path = ROOT / "results") -> dict[int, Path]:
+    """``{seed: results file}`` of a model's ``cpu`` preset runs: seed 0 unsuffixed, seed N as ``-seedN``.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("glow-mnist-cpu.json", "glow-mnist-cpu-seed2.json", "glow-mnist-cpu-is16.json"):
+    ...     _ = (d / name).write_text("{}")
+    >>> {seed: path.name for seed, path in seed_files("glow", d).items()}
+    {0: 'glow-mnist-cpu.json', 2: 'glow-mnist-cpu-seed2.json'}
+    """
+    found = {}
+    if (results / f"{model}-mnist-cpu.json").exists():
+        found[0] = results / f"{model}-mnist-cpu.json"
+    for path in results.glob(f"{model}-mnist-cpu-seed*.json"):
+        match = re.fullmatch(rf"{model}-mnist-cpu-seed([0-9]+)\.json", path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sd (n seeds)``, or the one value when there is one.
+
+    >>> spread([1.5]), spread([1.4, 1.5, 1.6])
+    ('1.500 (1 seed)', '1.500 ± 0.100 (3 seeds)')
+    """
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)} seeds)"
+
+
+def draw_samples(ax, run: dict) -> None:
+    """64 samples at `TEMPERATURE` from the run's ``best.pt``, or a note saying why there are none."""
+    import torch
+
+    from flowlib.book.chapter import image_grid
+    from flowlib.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+
+    ax.axis("off")
+    best = ROOT / run["out_dir"] / "best.pt"
+    try:
+        ckpt = load_checkpoint(best)
+    except CheckpointError as e:
+        ax.text(0.5, 0.5, f"no samples:\n{e}", ha="center", va="center", fontsize=8, wrap=True)
+        print(f"no samples for {run['config']['model']}: {e}", file=sys.stderr)
+        return
+    if ckpt.get("run_id") != run["run_id"]:
+        ax.text(0.5, 0.5, f"no samples:\n{best.parent.name}/best.pt is another run's", ha="center", va="center",
+                fontsize=8)
+        print(f"no samples for {run['config']['model']}: {best} is not run {run['run_id']}", file=sys.stderr)
+        return
+    model, _ = model_from_checkpoint(ckpt, best)
+    with torch.no_grad():
+        x = model.sample(64, temperature=TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    ax.imshow(image_grid(x, nrow=8), cmap="gray")
+    ax.set_title(f"seed 0, T = {TEMPERATURE}", fontsize=9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--samples", action="store_true", help="draw T = 0.7 samples of each seed-0 model below its curves")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    rows = 2 if args.samples else 1
+    fig, axes = plt.subplots(rows, len(MODELS), figsize=(12, 4.4 * rows), layout="constrained", squeeze=False)
+    for col, (name, model) in enumerate(MODELS.items()):
+        ax = axes[0, col]
+        files = seed_files(model)
+        if 0 not in files:
+            print(f"missing results/{model}-mnist-cpu.json: train it with `python -m flowlib.training {model} "
+                  f"--preset cpu` and copy runs/.../results.json there", file=sys.stderr)
             return 1
-        run = json.loads(path.read_text())
-        minutes = [h["seconds"] / 60 for h in run["history"]]
-        ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, label="validation")
-        ax.axhline(run["test_bpd"], color="C1", ls="--", label=f"test (best epoch): {run['test_bpd']:.3f}")
+        runs = {seed: json.loads(path.read_text()) for seed, path in files.items()}
+        tests = [run["test_bpd"] for run in runs.values()]
+        for k, (seed, run) in enumerate(runs.items()):
+            minutes = [h["seconds"] / 60 for h in run["history"]]
+            ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, color="C0", alpha=1 - 0.25 * k,
+                    label=f"validation, seed {seed} (test {run['test_bpd']:.3f})")
+        ax.axhline(statistics.mean(tests), color="C1", ls="--", label=f"test (best epoch): {spread(tests)}")
         for k, (what, other_path) in enumerate(COMPARED.get(name, {}).items()):
             other = json.loads(other_path.read_text())
             ax.plot([h["seconds"] / 60 for h in other["history"]], [h["valid_bpd"] for h in other["history"]],
                     "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
         if name == "NICE":
             ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 4): 4.85")
-        ax.set_title(f"{name}, cpu preset: {run['device']}, {run['precision']}", fontsize=9)
+        ax.set_title(f"{name}, cpu preset: {runs[0]['device']}, {runs[0]['precision']}", fontsize=9)
         ax.set_xlabel("wall-clock minutes")
         ax.set_ylabel("bits / dim")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(OUT, dpi=110)
-    print(f"wrote {OUT}")
+        print(f"{name}: test bits/dim {spread(tests)}")
+        if args.samples:
+            draw_samples(axes[1, col], runs[0])
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
     return 0
 
 
