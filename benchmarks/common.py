@@ -26,7 +26,8 @@ import torch
 
 __all__ = [
     "RESULTS", "ADAM_IMPLS", "adam_kwargs", "make_step", "describe_adam", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
-    "format_table", "write_results", "machine_info", "load_mnist_images",
+    "format_table", "write_results", "machine_info", "load_mnist_images", "QUARTERS", "preset_step",
+    "train_and_score",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -206,3 +207,66 @@ def describe_adam(impl: str) -> str:
         return ("native: flowlib's train_step as its trainer runs it (fused Adam, its preset's precision), "
                 "the peers torch's default Adam in fp32")
     return f"{impl} implementation for every library"
+
+
+#: Where a short training budget is scored: a quarter, half, three quarters and all of it.
+QUARTERS = (0.25, 0.5, 0.75, 1.0)
+
+
+def preset_step(config, batches: list, precision: str) -> Callable[[], None]:
+    """One training step of a fresh model built from ``config`` (a `TrainConfig`), cycling through ``batches``.
+
+    Seeded with 0 and started from ``batches[0]``, so every configuration timed against another starts alike;
+    the step is `flowlib.training.fit.train_step` with the config's optimizer and clipping, in ``precision``.
+    """
+    from flowlib.flow import initialize_from_data
+    from flowlib.training.config import build_model
+    from flowlib.training.fit import train_step
+    from flowlib.training.train import make_optimizer
+
+    torch.manual_seed(0)
+    net = build_model(config)
+    net.train()
+    initialize_from_data(net, batches[0])
+    opt = make_optimizer(net, config.lr, config.betas, config.eps, config.weight_decay)
+    state = {"i": 0}
+
+    def step() -> None:
+        train_step(net, opt, batches[state["i"] % len(batches)], clip_grad=config.clip_grad, precision=precision)
+        state["i"] += 1
+
+    return step
+
+
+def train_and_score(config, steps: int, train: torch.Tensor, valid: torch.Tensor, precision: str) -> dict:
+    """Train a fresh model of ``config`` for ``steps`` steps with `flowlib.training.fit.fit` and score it.
+
+    The config's batch, Adam settings, clipping and schedule (a cosine runs to 0 over these ``steps``), seeded
+    with ``config.seed``; validation bits/dim on ``valid`` in fp32 (the same function whatever the training
+    precision) at each of `QUARTERS` of the steps, and once more at the end in the training ``precision``.
+    """
+    import math
+
+    from flowlib.training.config import build_model
+    from flowlib.training.evaluate import evaluate
+    from flowlib.training.fit import fit
+
+    torch.manual_seed(config.seed)
+    net = build_model(config)
+    marks = sorted({max(1, round(q * steps)) for q in QUARTERS})
+    curve: list[tuple[int, float]] = []
+    eval_batch = config.eval_batch_size or 1000
+
+    def score(step: int, _loss: float) -> None:
+        if step in marks:
+            curve.append((step, evaluate(net, valid, batch_size=eval_batch).bpd))
+            net.train()
+
+    start = time.perf_counter()
+    fit(net, train, steps=steps, batch_size=config.batch_size, lr=config.lr, betas=config.betas,
+        eps=config.eps, weight_decay=config.weight_decay, clip_grad=config.clip_grad, schedule=config.schedule,
+        seed=config.seed, precision=precision, callback=score, callback_every=math.gcd(*marks))
+    own = evaluate(net, valid, batch_size=eval_batch, precision=precision).bpd
+    return {"steps": steps, "batch_size": config.batch_size, "schedule": config.schedule,
+            "valid_steps": [s for s, _ in curve], "valid_bpd_fp32": [v for _, v in curve],
+            "valid_bpd_own_precision": own, "seconds": time.perf_counter() - start}

@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -51,16 +49,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from flowlib.flow import initialize_from_data  # noqa: E402
-from flowlib.training.config import build_model, load_dataset, make_config  # noqa: E402
-from flowlib.training.evaluate import evaluate  # noqa: E402
-from flowlib.training.fit import fit, train_step  # noqa: E402
+from flowlib.training.config import load_dataset, make_config  # noqa: E402
 from flowlib.training.precision import resolve_precision  # noqa: E402
-from flowlib.training.train import make_optimizer  # noqa: E402
 
 NAME = "precision_equal_time"
 DEFAULT_STEPS = {"nice": 1500, "realnvp": 600, "glow": 1500}
-QUARTERS = (0.25, 0.5, 0.75, 1.0)
 
 
 def speed_ratio(model: str, repeats: int, steps: int, quick: bool) -> dict:
@@ -69,16 +62,7 @@ def speed_ratio(model: str, repeats: int, steps: int, quick: bool) -> dict:
     train = load_dataset(config)["train"]
     g = torch.Generator().manual_seed(0)
     batches = [train[torch.randint(len(train), (config.batch_size,), generator=g)] for _ in range(8)]
-    fns = {}
-    for precision in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        net = build_model(config)
-        net.train()
-        initialize_from_data(net, batches[0])
-        opt = make_optimizer(net, config.lr, config.betas, config.eps, config.weight_decay)
-        counter = iter(range(10**9))
-        fns[precision] = (lambda net=net, opt=opt, p=precision: train_step(
-            net, opt, batches[next(counter) % len(batches)], clip_grad=config.clip_grad, precision=p))
+    fns = {precision: common.preset_step(config, batches, precision) for precision in ("fp32", "bf16")}
     rates = common.interleaved(fns, config.batch_size, repeats, steps, warmup=2)
     ratios = [b / f for b, f in zip(rates["bf16"], rates["fp32"])]
     return {"model": model, "batch_size": config.batch_size, "fp32_samples_per_s": statistics.median(rates["fp32"]),
@@ -90,25 +74,8 @@ def train_run(model: str, precision: str, seed: int, steps: int, n_valid: int, q
     """One seed's run of ``steps`` steps in ``precision``, scored in fp32 at each quarter (phase 2)."""
     config = make_config(model, "quick" if quick else "cpu", seed=seed)
     data = load_dataset(config)
-    valid = data["valid"][:n_valid]
-    torch.manual_seed(seed)
-    net = build_model(config)
-    marks = sorted({max(1, round(q * steps)) for q in QUARTERS})
-    curve: list[tuple[int, float]] = []
-
-    def score(step: int, _loss: float) -> None:
-        if step in marks:
-            curve.append((step, evaluate(net, valid, batch_size=config.eval_batch_size or 1000).bpd))
-            net.train()
-
-    start = time.perf_counter()
-    fit(net, data["train"], steps=steps, batch_size=config.batch_size, lr=config.lr, betas=config.betas,
-        eps=config.eps, weight_decay=config.weight_decay, clip_grad=config.clip_grad, schedule=config.schedule,
-        seed=seed, precision=precision, callback=score, callback_every=math.gcd(*marks))
-    own = evaluate(net, valid, batch_size=config.eval_batch_size or 1000, precision=precision).bpd
-    return {"model": model, "precision": precision, "seed": seed, "steps": steps, "batch_size": config.batch_size,
-            "schedule": config.schedule, "valid_steps": [s for s, _ in curve], "valid_bpd_fp32": [v for _, v in curve],
-            "valid_bpd_own_precision": own, "seconds": time.perf_counter() - start}
+    run = common.train_and_score(config, steps, data["train"], data["valid"][:n_valid], precision)
+    return {"model": model, "precision": precision, "seed": seed, **run}
 
 
 def summary_rows(result: dict) -> list[list]:

@@ -1,0 +1,54 @@
+"""The benchmark scripts' own helpers: their doctests, and a quick equal-time comparison of preset candidates.
+
+The benchmarks are scripts, not part of the test command's timing; this checks that the ones the presets are
+tuned with run and do what their docstrings say, in seconds (``--quick``: the quick preset, nothing written).
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield {name: importlib.import_module(name) for name in ("common", "cpu_presets_curve", "preset_candidates")}
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("name", ["cpu_presets_curve", "preset_candidates"])
+def test_doctests(scripts, name):
+    failures, tried = doctest.testmod(scripts[name])
+    assert tried > 0 and failures == 0
+
+
+def test_candidates_train_for_equal_time_at_their_measured_speeds(scripts):
+    result = scripts["preset_candidates"].main(
+        ["glow", "--quick", "--candidate", "base={}", "--candidate", 'fast-lr={"lr": 0.002}'])
+    speed = {s["name"]: s["steps_per_s"] for s in result["speed"]}
+    runs = {r["name"]: r for r in result["runs"]}
+    assert set(runs) == {"base", "fast-lr"}
+    for name, run in runs.items():
+        # the steps are the budget at the measured speed, whatever the machine did while they trained
+        assert run["steps"] == max(1, round(result["minutes"] * 60 * speed[name]))
+        assert run["valid_steps"][-1] == run["steps"] and len(run["valid_bpd_fp32"]) == len(run["valid_steps"])
+    assert runs["fast-lr"]["overrides"] == {"lr": 0.002}
+
+
+def test_a_candidate_must_be_name_and_json(scripts):
+    with pytest.raises(ValueError, match="NAME=JSON"):
+        scripts["preset_candidates"].main(["glow", "--quick", "--candidate", "base"])
+
+
+def test_an_unknown_override_is_refused_before_any_training(scripts):
+    with pytest.raises((ValueError, TypeError), match="lerning_rate"):
+        scripts["preset_candidates"].main(["glow", "--quick", "--candidate", 'typo={"lerning_rate": 0.1}'])
