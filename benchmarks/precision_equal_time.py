@@ -95,8 +95,17 @@ def summary_rows(result: dict) -> list[list]:
                      f"{runs['fp32'][0]['steps']} / {runs['bf16'][0]['steps']}",
                      _mean_sd(end["fp32"]), _mean_sd(end["bf16"]),
                      f"{statistics.mean(end['bf16']) - statistics.mean(end['fp32']):+.3f}",
-                     " ".join(quarters), len(end["fp32"])])
+                     " ".join(quarters), _seeds(len(end["fp32"]), len(end["bf16"]))])
     return rows
+
+
+def _seeds(fp32: int, bf16: int) -> str:
+    """The seeds behind a row: one number when both precisions have them all, else ``fp32 / bf16``.
+
+    >>> _seeds(3, 3), _seeds(3, 2)
+    ('3', '3 / 2')
+    """
+    return str(fp32) if fp32 == bf16 else f"{fp32} / {bf16}"
 
 
 def _mean_sd(values: list[float]) -> str:
