@@ -23,7 +23,9 @@ for the full budget (``python -m flowlib.training MODEL --preset cpu``) before
 a preset takes it.
 
 Candidates are ``NAME=JSON`` pairs, JSON being `TrainConfig` overrides of the
-model's ``cpu`` preset (unknown fields are refused by `make_config`)::
+model's ``cpu`` preset, among the fields this comparison applies (`VARIABLE`:
+Adam's settings, batch, clipping, schedule, precision, model size; a field it
+would ignore, such as ``compile`` or ``optimizer``, is refused)::
 
     .venv/bin/python benchmarks/preset_candidates.py realnvp --minutes 8 \\
         --candidate preset='{}' --candidate bf16='{"precision": "bf16"}' \\
@@ -52,6 +54,12 @@ import common  # noqa: E402
 from flowlib.training.config import load_dataset, make_config  # noqa: E402
 
 
+#: The `TrainConfig` fields a candidate may set: those `common.train_and_score` (Adam through
+#: `flowlib.training.fit.fit`, eager, the preset's data) honours. Any other field would be silently ignored.
+VARIABLE = ("batch_size", "lr", "betas", "eps", "weight_decay", "clip_grad", "schedule", "precision", "model_kwargs",
+            "eval_batch_size")
+
+
 def parse_candidate(text: str) -> tuple[str, dict]:
     """``NAME=JSON`` as ``(name, overrides)``, or a `ValueError` saying what was expected.
 
@@ -61,6 +69,10 @@ def parse_candidate(text: str) -> tuple[str, dict]:
     Traceback (most recent call last):
     ...
     ValueError: a candidate is NAME=JSON (TrainConfig overrides), got 'lr 0.002'
+    >>> parse_candidate('c={"compile": true}')
+    Traceback (most recent call last):
+    ...
+    ValueError: candidate 'c' sets 'compile', which this comparison cannot vary; it can vary batch_size, lr, betas, eps, weight_decay, clip_grad, schedule, precision, model_kwargs, eval_batch_size
     """
     name, sep, overrides = text.partition("=")
     try:
@@ -69,6 +81,10 @@ def parse_candidate(text: str) -> tuple[str, dict]:
         parsed = None
     if not isinstance(parsed, dict):
         raise ValueError(f"a candidate is NAME=JSON (TrainConfig overrides), got {text!r}")
+    for field in parsed:
+        if field not in VARIABLE:
+            raise ValueError(f"candidate {name!r} sets {field!r}, which this comparison cannot vary; it can vary "
+                             f"{', '.join(VARIABLE)}")
     return name, parsed
 
 

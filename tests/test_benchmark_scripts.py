@@ -49,6 +49,8 @@ def test_a_candidate_must_be_name_and_json(scripts):
         scripts["preset_candidates"].main(["glow", "--quick", "--candidate", "base"])
 
 
-def test_an_unknown_override_is_refused_before_any_training(scripts):
-    with pytest.raises((ValueError, TypeError), match="lerning_rate"):
-        scripts["preset_candidates"].main(["glow", "--quick", "--candidate", 'typo={"lerning_rate": 0.1}'])
+@pytest.mark.parametrize("field", ["lerning_rate", "compile", "optimizer", "train_size", "epochs"])
+def test_a_field_the_comparison_would_ignore_is_refused_before_any_training(scripts, field):
+    # a typo, or a setting fit-based training does not apply (compiling, another optimizer, other data)
+    with pytest.raises(ValueError, match=f"sets '{field}'"):
+        scripts["preset_candidates"].main(["glow", "--quick", "--candidate", f'c={{"{field}": 1}}'])
