@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         tests = [run["test_bpd"] for run in runs.values()]
         for k, (seed, run) in enumerate(runs.items()):
             minutes = [h["seconds"] / 60 for h in run["history"]]
-            ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, color="C0", alpha=max(0.3, 1 - 0.25 * k),
+            ax.plot(minutes, [h["valid_bpd"] for h in run["history"]], "o-", ms=3, color="C0",
+                    alpha=max(0.3, 1 - 0.25 * k),
                     label=f"validation, seed {seed} (test {run['test_bpd']:.3f})")
         ax.axhline(statistics.mean(tests), color="C1", ls="--", label=f"test (best epoch): {spread(tests)}")
         for k, (what, other_path) in enumerate(COMPARED.get(name, {}).items()):
