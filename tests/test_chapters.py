@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
 
 import pytest
+
+from flowlib.book.solutions import CALL
 
 CHAPTERS_DIR = Path(__file__).resolve().parent.parent / "chapters"
 CHAPTERS = sorted(p for p in CHAPTERS_DIR.glob("[0-9][0-9]-*.ipynb") if not p.name.startswith("00-"))
@@ -48,13 +51,24 @@ def _source(cell: dict) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
+#: What a solution printed, inside the closed element `flowlib.book.solutions.solution` shows.
+SOLUTION_OUTPUT = re.compile(r"<p>Its output:</p>\n<pre>(.*?)</pre>", re.S)
+
+
 def _text(cell: dict) -> str:
-    """Everything a code cell printed (streams and plain-text results)."""
+    """Everything a code cell printed (streams, plain-text results, and a solution's output in its element)."""
     parts = []
     for output in cell.get("outputs", []):
-        text = output.get("text", output.get("data", {}).get("text/plain", ""))
-        parts.append("".join(text) if isinstance(text, list) else text)
+        data = output.get("data", {})
+        if "text/html" in data and SOLUTION_OUTPUT.search(_joined(data["text/html"])):
+            parts.append(html.unescape(SOLUTION_OUTPUT.search(_joined(data["text/html"])).group(1)) + "\n")
+            continue
+        parts.append(_joined(output.get("text", data.get("text/plain", ""))))
     return "".join(parts)
+
+
+def _joined(text: str | list[str]) -> str:
+    return "".join(text) if isinstance(text, list) else text
 
 
 def _number(path: Path) -> int:
@@ -136,13 +150,14 @@ def test_chapter_ends_with_summary_exercises_references(path: Path) -> None:
 
 def _is_solution(cell: dict) -> bool:
     """Tagged ``solution`` and collapsed: a markdown one as a closed ``<details>`` element (it renders closed in
-    JupyterLab, nbconvert and on GitHub), a code one with its source hidden (flowlib.book.notebook_format)."""
+    JupyterLab, nbconvert and on GitHub), a code one that only calls ``solution("N.K")`` (its output is such an
+    element: tests/test_solutions.py) or else with its source hidden (flowlib.book.notebook_format)."""
     meta = cell.get("metadata", {})
     if "solution" not in meta.get("tags", []):
         return False
     if cell["cell_type"] == "markdown":
         return _source(cell).startswith("<details><summary>") and _source(cell).rstrip().endswith("</details>")
-    return meta.get("jupyter", {}).get("source_hidden") is True
+    return meta.get("jupyter", {}).get("source_hidden") is True or bool(CALL.fullmatch(_source(cell)))
 
 
 @pytest.mark.parametrize("path", _chapters("exercises_have_collapsed_solutions"))

@@ -112,6 +112,16 @@ def test_a_code_solution_stays_collapsed() -> None:
                                "jupyter": {"outputs_hidden": True, "source_hidden": True}}
 
 
+def test_a_code_solution_kept_in_its_file_is_shown() -> None:
+    # Its two lines give nothing away and its output is the closed element, so hiding it would only add a click.
+    cell = _code(**SOLUTION)
+    cell["source"] = '# Solution 4.1\nsolution("4.1")'
+    out = format_notebook(_nb(cell))["cells"][0]
+    assert out["source"] == cell["source"] and out["metadata"] == {"tags": ["solution"]}
+    cell["source"] = '# Solution 4.1\nsolution("4.2")'  # a call to another solution is not the form
+    assert format_notebook(_nb(cell))["cells"][0]["metadata"]["jupyter"]["source_hidden"] is True
+
+
 def test_a_solution_without_its_label_is_refused() -> None:
     cell = {"cell_type": "markdown", "id": "s", "metadata": dict(SOLUTION), "source": "The answer is 4."}
     with pytest.raises(ValueError, match="label"):

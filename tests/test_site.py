@@ -119,6 +119,13 @@ def test_solutions_are_collapsed_in_the_html(built):
     assert "<details open" not in html
 
 
+def test_a_solution_kept_in_its_file_shows_only_its_closed_element(built):
+    html = (built["out"] / "01-change-of-variables.html").read_text()
+    assert "Solution 1.1 (click to show the code and its output)</summary>" in html
+    assert 'solution(&quot;1.1&quot;)' not in html and 'solution("1.1")' not in html  # the call is not shown
+    assert "<details open" not in html
+
+
 def test_widget_cells_show_their_picture_and_caption(built):
     html = (built["out"] / "02-additive-coupling.html").read_text()
     assert "Run this cell in JupyterLab to use the widget" in html

@@ -30,10 +30,13 @@ JupyterLab keeps as they are:
   (`collapse_solutions`): a markdown solution is one ``<details>`` element
   whose summary reads "Solution 4.2 (click to show)", closed in JupyterLab, in
   nbconvert's HTML and on GitHub, with the Markdown and math inside rendered
-  once opened. A code solution stays a collapsed cell (source and outputs
-  hidden, first line ``# Solution 4.2``): collapsed in JupyterLab and on the
-  website, but GitHub and plain nbconvert show every code cell's source and
-  outputs, so there a code solution is visible.
+  once opened. A code solution whose cell only calls ``solution("4.2")``
+  (`flowlib.book.solutions`: the code lives in ``chapters/solutions/``) shows
+  its two lines and its output, itself a closed ``<details>`` element, so it
+  too reveals nothing in all three views. A code solution written into its
+  cell stays a collapsed cell (source and outputs hidden, first line
+  ``# Solution 4.2``): collapsed in JupyterLab and on the website, but GitHub
+  and plain nbconvert show every code cell's source and outputs.
 
 ``python -m flowlib.book.notebook_format [--check] NOTEBOOK ...`` rewrites
 notebooks in this form (atomically, only those that change); with
@@ -92,6 +95,7 @@ import sys
 from pathlib import Path
 
 from ..files import write_atomically
+from .solutions import CALL
 
 __all__ = ["KERNELSPEC", "jupyterlab_form", "collapse_solutions", "format_notebook", "dumps", "format_file",
            "replace_file"]
@@ -203,13 +207,22 @@ def _collapsed_markdown(source: str) -> str:
             f"{body.strip()}\n\n</details>")
 
 
+def _shown(meta: dict) -> None:
+    """Unhide a cell's source and outputs: remove ``collapsed``, ``source_hidden`` and ``outputs_hidden``."""
+    meta.pop("collapsed", None)
+    jupyter = {k: v for k, v in meta.pop("jupyter", {}).items() if k not in ("source_hidden", "outputs_hidden")}
+    if jupyter:
+        meta["jupyter"] = jupyter
+
+
 def collapse_solutions(nb: dict) -> dict:
     """A copy of ``nb`` whose solution cells reveal nothing until the reader asks.
 
     A markdown solution becomes one closed ``<details>`` element (its source
     no longer hidden: JupyterLab renders the element, and would show a hidden
-    cell's first line as raw text); a code solution stays collapsed, source
-    and outputs hidden. Idempotent.
+    cell's first line as raw text); a code solution that calls
+    ``solution("N.K")`` is left open (its output is the closed element); any
+    other code solution stays collapsed, source and outputs hidden. Idempotent.
 
     >>> cell = {"cell_type": "markdown", "id": "s", "source": "**Solution 4.2.**\\n\\nIt is $\\\\ln 2$.",
     ...         "metadata": {"tags": ["solution"], "jupyter": {"source_hidden": True, "outputs_hidden": True}}}
@@ -230,10 +243,9 @@ def collapse_solutions(nb: dict) -> dict:
             continue
         if cell["cell_type"] == "markdown":
             cell["source"] = _collapsed_markdown(_text(cell["source"]))
-            meta.pop("collapsed", None)
-            jupyter = {k: v for k, v in meta.pop("jupyter", {}).items() if k not in ("source_hidden", "outputs_hidden")}
-            if jupyter:
-                meta["jupyter"] = jupyter
+            _shown(meta)
+        elif cell["cell_type"] == "code" and CALL.fullmatch(_text(cell["source"])):
+            _shown(meta)
         elif cell["cell_type"] == "code":
             meta["jupyter"] = {**meta.get("jupyter", {}), "source_hidden": True, "outputs_hidden": True}
             meta["collapsed"] = True

@@ -1,0 +1,198 @@
+"""The exercises' code solutions: kept out of the chapters, run in them, shown only when asked.
+
+A chapter's code solutions live in one Python file beside it,
+``chapters/solutions/NN-<chapter>.py``, one section per solution, each opened
+by a line ``# %% Solution N.K`` (the cell marker editors such as VS Code and
+Jupytext read). The chapter's solution cell holds only its label and a call::
+
+    # Solution 4.2
+    solution("4.2")
+
+`solution` runs the section in the chapter's namespace (so it uses the
+chapter's models and data, as code typed into the cell would), holds back
+everything it prints and draws, and shows it, with the code, inside a closed
+``<details>`` element: "Solution 4.2 (click to show the code and its
+output)". A closed element reveals nothing in JupyterLab, in nbconvert's HTML
+or on GitHub, which show a code cell's source and its printed output in full.
+A figure the solution draws (without ``plt.show()``) is shown inside the
+element too. A solution that fails raises, after printing what it had
+printed, so the chapter's test run fails.
+
+>>> text = "'''Solutions of chapter 9.'''\\n# %% Solution 9.1\\nx = 2\\nprint(x * 21)\\n\\n# %% Solution 9.2\\n"
+>>> sections = parse_solutions(text + "print('two')\\n")
+>>> list(sections), sections["9.1"].code
+(['9.1', '9.2'], 'x = 2\\nprint(x * 21)')
+>>> ran = run_solution(sections["9.1"], {})
+>>> ran.output, ran.figures
+('42\\n', [])
+>>> html = solution_html("9.1", sections["9.1"].code, ran)
+>>> html.startswith("<details><summary>Solution 9.1 (click to show the code and its output)</summary>")
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import sys
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SolutionSection", "SolutionRun", "CALL", "call_source", "solutions_folder", "solutions_file",
+           "parse_solutions", "run_solution", "solution_html", "solution"]
+
+#: The line that opens a solution's section in a solutions file.
+SECTION = re.compile(r"^# %% Solution (\d+\.\d+)[ \t]*$", re.M)
+_LABEL = re.compile(r"\d+\.\d+")
+#: A chapter's solution cell: its label, then the call that runs and shows the solution (`call_source`).
+CALL = re.compile(r'# Solution (\d+\.\d+)\nsolution\("\1"\)\n?')
+
+
+def call_source(label: str) -> str:
+    """The source of chapter's solution cell ``label``: nothing but the label and the call.
+
+    >>> print(call_source("4.2"))
+    # Solution 4.2
+    solution("4.2")
+    >>> bool(CALL.fullmatch(call_source("4.2")))
+    True
+    """
+    return f'# Solution {label}\nsolution("{label}")'
+
+
+@dataclass(frozen=True)
+class SolutionSection:
+    """One solution's code, and the line of its solutions file where the code starts (for tracebacks)."""
+    code: str
+    first_line: int = 1
+    path: str = "<solutions>"
+
+
+@dataclass
+class SolutionRun:
+    """What running a solution printed, and the PNG bytes of each figure it drew."""
+    output: str
+    figures: list[bytes] = field(default_factory=list)
+
+
+def solutions_folder(start: Path | None = None) -> Path:
+    """The folder of the solutions files: ``solutions/`` beside the running chapter (the current folder), else
+    ``chapters/solutions`` of the book's checkout the current folder lies in."""
+    here = (start or Path.cwd()).resolve()
+    candidates = [here / "solutions"] + [p / "chapters" / "solutions" for p in (here, *here.parents)
+                                         if (p / "run.py").is_file() and (p / "flowlib").is_dir()][:1]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise ValueError(f"expected a solutions folder at {' or '.join(str(c) for c in candidates)}; none exists "
+                     f"(run the chapter from the book's chapters/ folder)")
+
+
+def solutions_file(chapter: int, folder: Path | None = None) -> Path:
+    """``NN-*.py`` in the solutions folder: chapter ``chapter``'s solutions."""
+    folder = folder or solutions_folder()
+    found = sorted(folder.glob(f"{chapter:02d}-*.py"))
+    if len(found) != 1:
+        raise ValueError(f"expected one solutions file {chapter:02d}-*.py in {folder}, found {len(found)}")
+    return found[0]
+
+
+def parse_solutions(text: str, path: str = "<solutions>") -> dict[str, SolutionSection]:
+    """Each ``# %% Solution N.K`` section of a solutions file's text, by label, in order (code without the
+    marker and trailing blank lines). Raises ``ValueError`` for a label given twice or no section at all."""
+    markers = list(SECTION.finditer(text))
+    if not markers:
+        raise ValueError(f"expected sections opened by '# %% Solution N.K' in {path}, found none")
+    sections: dict[str, SolutionSection] = {}
+    for i, marker in enumerate(markers):
+        label = marker.group(1)
+        if label in sections:
+            raise ValueError(f"solution {label} appears twice in {path}")
+        end = markers[i + 1].start() if i + 1 < len(markers) else len(text)
+        chunk = text[marker.end():end]
+        start = marker.end() + len(chunk) - len(chunk.lstrip("\n"))  # where the code's first line begins
+        sections[label] = SolutionSection(chunk.strip("\n").rstrip(), text.count("\n", 0, start) + 1, path)
+    return sections
+
+
+def _new_figures(before: set[int]) -> list[bytes]:
+    """PNGs of the matplotlib figures opened since ``before`` (their numbers), closed afterwards."""
+    if "matplotlib.pyplot" not in sys.modules:
+        return []
+    import matplotlib.pyplot as plt
+
+    pictures = []
+    for number in sorted(set(plt.get_fignums()) - before):
+        figure = plt.figure(number)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", bbox_inches="tight")
+        plt.close(figure)
+        pictures.append(buffer.getvalue())
+    return pictures
+
+
+def run_solution(section: SolutionSection, namespace: dict[str, Any]) -> SolutionRun:
+    """Run ``section`` in ``namespace``, holding back what it prints and draws.
+
+    On an error, what it printed goes to the real stdout before the error propagates.
+    """
+    before = set(sys.modules["matplotlib.pyplot"].get_fignums()) if "matplotlib.pyplot" in sys.modules else set()
+    # Blank lines in front, so a traceback names the line of the solutions file.
+    code = compile("\n" * (section.first_line - 1) + section.code, section.path, "exec")
+    printed = io.StringIO()
+    try:
+        with redirect_stdout(printed):
+            exec(code, namespace)
+    except BaseException:
+        sys.stdout.write(printed.getvalue())
+        _new_figures(before)
+        raise
+    return SolutionRun(printed.getvalue(), _new_figures(before))
+
+
+def solution_html(label: str, code: str, ran: SolutionRun, source: str = "") -> str:
+    """The closed ``<details>`` element that shows a solution's code, its output and its figures when opened."""
+    parts = [f"<details><summary>Solution {label} (click to show the code and its output)</summary>"]
+    if source:
+        parts.append(f"<p>The code, from <code>{html.escape(source)}</code> (copy it into a cell to change it):</p>")
+    parts.append(f"<pre><code>{html.escape(code, quote=False)}</code></pre>")
+    if ran.output:
+        parts.append(f"<p>Its output:</p>\n<pre>{html.escape(ran.output.rstrip(), quote=False)}</pre>")
+    for png in ran.figures:
+        parts.append(f'<img alt="the figure of solution {label}" src="data:image/png;base64,'
+                     f'{base64.b64encode(png).decode("ascii")}"/>')
+    parts.append("</details>")
+    return "\n".join(parts)
+
+
+def solution(label: str, namespace: dict[str, Any] | None = None) -> None:
+    """Run solution ``label`` ("N.K") of chapter N in the caller's namespace (or ``namespace``) and show it
+    collapsed (see the module docstring)."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
+        raise ValueError(f"expected a solution label such as '4.2', got {label!r}")
+    from IPython.display import display
+
+    path = solutions_file(int(label.split(".")[0]))
+    sections = parse_solutions(path.read_text(), str(path))
+    if label not in sections:
+        raise ValueError(f"expected solution {label} in {path}, which has {', '.join(sections)}")
+    if namespace is None:
+        namespace = sys._getframe(1).f_globals
+    shown = f"chapters/solutions/{path.name}"
+    status = display({"text/plain": f"Solution {label}: running"}, raw=True, display_id=True)
+    try:
+        ran = run_solution(sections[label], namespace)
+    except BaseException:
+        if status is not None:
+            status.update({"text/plain": f"Solution {label}: failed (the error is below)"}, raw=True)
+        raise
+    bundle = {"text/html": solution_html(label, sections[label].code, ran, shown),
+              "text/plain": f"Solution {label}: its code is in {shown}"}
+    if status is not None:
+        status.update(bundle, raw=True)
+    else:
+        display(bundle, raw=True)
