@@ -84,6 +84,9 @@ def show_solution_collapsed(cell: dict, name: str) -> dict:
         # An HTML block ends at a blank line, so the solution between the tags is read as markdown (with math).
         cell["source"] = f'<details class="solution">\n<summary>{name}</summary>\n\n{body}\n\n</details>\n'
     elif CALL.fullmatch("".join(cell["source"])):  # its output is the closed element (flowlib.book.solutions)
+        if not cell.get("outputs"):
+            raise ValueError(f"{name} is stored without its output, so the site would show nothing of it: "
+                             f"re-run its chapter (python3 run.py rebuild)")
         cell["metadata"].setdefault("tags", []).append("remove-input")
     else:
         cell["metadata"].setdefault("tags", []).append("hide-cell")

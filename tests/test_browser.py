@@ -20,8 +20,9 @@ the number of training steps, presses Train and waits for the fit. It fails if
   bytes, after the next training;
 * the kernel reported an error: a traceback in any output, a cell left
   unexecuted, or the playground's status line not ending on a test NLL
-  (collapsed cells, the exercises' solutions, show neither prompt nor
-  output; the nbval tests run them).
+  (a collapsed cell shows neither prompt nor output; the nbval tests run
+  those; an exercise's solution kept in ``chapters/solutions/`` runs here
+  like any cell and shows only its closed element).
 
 The server gets ``FLOWLIB_QUICK=1`` and its own temporary config, runtime,
 settings, workspace and IPython folders, so nothing is written to the
@@ -329,8 +330,9 @@ const area = arguments[0].closest('.jp-OutputArea');
 return area ? Array.from(area.querySelectorAll('img')).filter(i => !arguments[0].contains(i)).length : -1;
 """
 
-# The prompts of the code cells whose input shows. JupyterLab gives a collapsed cell (an exercise's solution)
-# an empty prompt of class jp-Placeholder-prompt instead, so those are left out; nbval still runs them.
+# The prompts of the code cells whose input shows. JupyterLab gives a collapsed cell (an exercise's solution
+# written into its cell) an empty prompt of class jp-Placeholder-prompt instead, so those are left out; nbval
+# still runs them.
 _PROMPTS_JS = """
 return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)'))
   .map(e => e.textContent.trim());

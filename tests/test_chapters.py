@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -51,24 +50,13 @@ def _source(cell: dict) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
-#: What a solution printed, inside the closed element `flowlib.book.solutions.solution` shows.
-SOLUTION_OUTPUT = re.compile(r"<p>Its output:</p>\n<pre>(.*?)</pre>", re.S)
-
-
 def _text(cell: dict) -> str:
-    """Everything a code cell printed (streams, plain-text results, and a solution's output in its element)."""
+    """Everything a code cell printed (streams and plain-text results)."""
     parts = []
     for output in cell.get("outputs", []):
-        data = output.get("data", {})
-        if "text/html" in data and SOLUTION_OUTPUT.search(_joined(data["text/html"])):
-            parts.append(html.unescape(SOLUTION_OUTPUT.search(_joined(data["text/html"])).group(1)) + "\n")
-            continue
-        parts.append(_joined(output.get("text", data.get("text/plain", ""))))
+        text = output.get("text", output.get("data", {}).get("text/plain", ""))
+        parts.append("".join(text) if isinstance(text, list) else text)
     return "".join(parts)
-
-
-def _joined(text: str | list[str]) -> str:
-    return "".join(text) if isinstance(text, list) else text
 
 
 def _number(path: Path) -> int:

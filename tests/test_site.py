@@ -14,6 +14,7 @@ scratch folder) or the test's temporary folder, for a person to look at.
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import importlib.util
 import json
@@ -109,21 +110,35 @@ def test_each_chapter_offers_its_stored_notebook(built):
         assert (built["out"] / "_sources" / notebook.name).read_bytes() == notebook.read_bytes()
 
 
+def _summaries(html: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", s).strip() for s in re.findall(r"<summary[^>]*>(.*?)</summary>", html, flags=re.S)]
+
+
 def test_solutions_are_collapsed_in_the_html(built):
     html = (built["out"] / "03-affine-coupling.html").read_text()
-    summaries = re.findall(r"<summary[^>]*>(.*?)</summary>", html, flags=re.S)
-    texts = [re.sub(r"<[^>]+>", "", s).strip() for s in summaries]
-    solutions = [t for t in texts if t.startswith("Solution")]
-    assert any(t == "Solution 3.1" for t in solutions), texts
-    assert any(t.startswith("Solution 3.1: show the code") for t in solutions), texts
+    assert "Solution 3.1" in _summaries(html)  # a markdown solution
     assert "<details open" not in html
+
+
+#: Chapters that still keep a code solution in its cell (the site hides that cell behind a named toggle).
+CODE_IN_CELL = [p for p in site_build.chapter_files() if any(
+    c["cell_type"] == "code" and c["metadata"].get("jupyter", {}).get("source_hidden")
+    and "solution" in c["metadata"].get("tags", []) for c in json.loads(p.read_text())["cells"])]
+
+
+@pytest.mark.skipif(not CODE_IN_CELL, reason="every code solution is kept in chapters/solutions/")
+def test_a_code_solution_in_its_cell_hides_behind_a_named_toggle(built):
+    html = (built["out"] / f"{CODE_IN_CELL[0].stem}.html").read_text()
+    number = int(CODE_IN_CELL[0].name[:2])
+    assert any(re.fullmatch(rf"Solution {number}\.\d+: show the code and its output", t) for t in _summaries(html))
 
 
 def test_a_solution_kept_in_its_file_shows_only_its_closed_element(built):
-    html = (built["out"] / "01-change-of-variables.html").read_text()
-    assert "Solution 1.1 (click to show the code and its output)</summary>" in html
-    assert 'solution(&quot;1.1&quot;)' not in html and 'solution("1.1")' not in html  # the call is not shown
-    assert "<details open" not in html
+    page = (built["out"] / "01-change-of-variables.html").read_text()
+    assert "Solution 1.1 (click to show the code and its output)" in _summaries(page)
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert 'solution("1.1")' not in text  # the cell's input is not shown, only the element it stored
+    assert "<details open" not in page
 
 
 def test_widget_cells_show_their_picture_and_caption(built):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowlib.book.solutions import (CALL, SolutionSection, parse_solutions, run_solution, solution,
-                                    solution_html, solutions_file, solutions_folder)
+                                    solution_html, solutions_file)
 
 CHAPTERS_DIR = Path(__file__).resolve().parent.parent / "chapters"
 SOLUTIONS_DIR = CHAPTERS_DIR / "solutions"
@@ -59,8 +59,8 @@ def test_each_stored_solution_is_closed_and_shows_the_code_of_its_file(path: Pat
         outputs = cell["outputs"]
         assert [o["output_type"] for o in outputs] == ["display_data"], f"solution {label} stored {outputs}"
         shown = "".join(outputs[0]["data"]["text/html"])
-        assert shown.startswith(f"<details><summary>Solution {label} (click to show the code and its output)"
-                                f"</summary>") and shown.endswith("</details>"), shown[:120]
+        assert shown.startswith(f'<details class="solution"><summary>Solution {label} (click to show the code and '
+                                f'its output)</summary>') and shown.endswith("</details>"), shown[:120]
         assert shown.count("<details") == 1 and shown.count("</details>") == 1
         assert html.escape(sections[label].code, quote=False) in shown, (
             f"solution {label} was stored from other code than {path.name} holds: re-run the chapter")
@@ -70,9 +70,10 @@ def test_each_stored_solution_is_closed_and_shows_the_code_of_its_file(path: Pat
 
 
 @pytest.mark.parametrize("path", SOLUTION_FILES, ids=lambda p: p.stem)
-def test_solutions_draw_into_their_element(path: Path):
-    # plt.show() would put the figure outside the closed element, in view.
-    assert "plt.show(" not in path.read_text(encoding="utf-8"), f"{path.name}: a solution calls plt.show()"
+def test_solutions_print_and_draw_into_their_element(path: Path):
+    # plt.show(), fig.show() and display() would put their output outside the closed element, in view.
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"\.show\(|\bdisplay\(", text), f"{path.name}: a solution shows something outside its element"
 
 
 def test_a_failing_solution_raises_at_its_line_of_the_file_after_printing(tmp_path, capsys):
@@ -96,30 +97,84 @@ def test_a_drawn_figure_is_held_back_as_a_png():
     assert shown.count('src="data:image/png;base64,') == 1 and shown.endswith("</details>")
 
 
-def test_bad_labels_and_missing_files_are_named(tmp_path):
+def test_bad_labels_files_and_markers_are_named(tmp_path):
     with pytest.raises(ValueError, match="expected a solution label such as '4.2', got '4'"):
         solution("4")
-    with pytest.raises(ValueError, match="expected a solutions folder"):
-        solutions_folder(tmp_path)
-    (tmp_path / "solutions").mkdir()
-    with pytest.raises(ValueError, match=r"expected one solutions file 07-\*\.py .* found 0"):
-        solutions_file(7, tmp_path / "solutions")
+    with pytest.raises(ValueError, match=r"expected a solutions file 07-\*\.py in .*; found none"):
+        solutions_file(7, [tmp_path / "solutions", tmp_path])
     with pytest.raises(ValueError, match="appears twice"):
         parse_solutions("# %% Solution 1.1\nx = 1\n# %% Solution 1.1\nx = 2\n")
     with pytest.raises(ValueError, match="found none"):
         parse_solutions("x = 1\n")
+    # a marker slightly off would silently merge two solutions; code above the first marker would never run
+    with pytest.raises(ValueError, match="line 3: expected a marker '# %% Solution N.K', got '#%% Solution 1.2'"):
+        parse_solutions("# %% Solution 1.1\nx = 1\n#%% Solution 1.2\nx = 2\n")
+    with pytest.raises(ValueError, match="code before the first"):
+        parse_solutions("import os\n# %% Solution 1.1\nprint(os.sep)\n")
+    assert list(parse_solutions('"""Doc."""\n# a comment\n# %% Solution 1.1\nx = 1\n')) == ["1.1"]
 
 
-def test_solution_runs_in_the_callers_namespace(monkeypatch, tmp_path):
+def test_the_first_folder_holding_the_file_wins(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "05-x.py").write_text("# %% Solution 5.1\n")
+    assert solutions_file(5, [tmp_path / "a", tmp_path / "b"]) == tmp_path / "b" / "05-x.py"
+
+
+class _Handle:
+    def __init__(self, bundle: dict) -> None:
+        self.shown = [bundle]
+
+    def update(self, bundle: dict, raw: bool) -> None:
+        self.shown.append(bundle)
+
+
+@pytest.fixture
+def notebook(monkeypatch, tmp_path):
+    """A fake IPython: its namespace, and the display handles `solution` made; the chapter folder as cwd."""
+    IPython = pytest.importorskip("IPython")
     folder = tmp_path / "solutions"
     folder.mkdir()
-    (folder / "03-a-chapter.py").write_text("# %% Solution 3.1\nanswer = question * 2\nprint(answer)\n")
+    (folder / "03-a-chapter.py").write_text('"""Solutions."""\n\n# %% Solution 3.1\nanswer = question * 2\n'
+                                            'print(answer)\nprint("a warning", file=sys.stderr)\n\n'
+                                            '# %% Solution 3.2\nprint("half done")\nanswer = 1 / 0\n')
     monkeypatch.chdir(tmp_path)
-    shown = []
-    display = pytest.importorskip("IPython.display")
-    monkeypatch.setattr(display, "display", lambda bundle, raw, display_id=False: shown.append(bundle))
-    namespace = {"solution": solution, "question": 21}
-    exec('solution("3.1")', namespace)  # the caller's globals, as a notebook cell's are
+    shell = type("Shell", (), {"user_ns": {"question": 21, "sys": __import__("sys")}})()
+    handles: list[_Handle] = []
+
+    def display(bundle, raw, display_id=False):
+        handles.append(_Handle(bundle))
+        return handles[-1]
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(IPython.display, "display", display)
+    return shell.user_ns, handles
+
+
+def test_solution_runs_in_the_notebooks_namespace_and_replaces_its_status_line(notebook):
+    namespace, handles = notebook
+    solution("3.1")
     assert namespace["answer"] == 42
-    assert shown[-1]["text/html"].startswith("<details><summary>Solution 3.1 (click to show")
-    assert "<pre>42</pre>" in shown[-1]["text/html"] and "42" not in shown[-1]["text/plain"]
+    (handle,) = handles
+    assert handle.shown[0] == {"text/plain": "Solution 3.1: running"}
+    final = handle.shown[-1]
+    assert final["text/html"].startswith('<details class="solution"><summary>Solution 3.1 (click to show')
+    assert "<pre>42\na warning</pre>" in final["text/html"] and "42" not in final["text/plain"]
+
+
+def test_a_failing_solution_says_so_and_raises(notebook, capsys):
+    namespace, handles = notebook
+    with pytest.raises(ZeroDivisionError):
+        solution("3.2")
+    assert handles[-1].shown[-1] == {"text/plain": "Solution 3.2: failed (the error is below)"}
+    assert capsys.readouterr().out == "half done\n"
+
+
+def test_outside_ipython_it_prints_the_code_and_output(monkeypatch, tmp_path, capsys):
+    IPython = pytest.importorskip("IPython")
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "02-b.py").write_text("# %% Solution 2.1\nprint(x + 1)\n")
+    monkeypatch.chdir(tmp_path)
+    solution("2.1", {"x": 1})
+    assert capsys.readouterr().out == "Solution 2.1 (chapters/solutions/02-b.py):\nprint(x + 1)\n--- its output:\n2\n"
