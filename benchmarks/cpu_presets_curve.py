@@ -4,8 +4,9 @@ Reads each model's seeds from ``results/``: ``<model>-mnist-cpu.json`` (seed 0) 
 ``<model>-mnist-cpu-seed<N>.json`` (the trainer's ``results.json`` of each run, copied there; each history entry
 records the wall-clock seconds at the end of its epoch), and draws one curve per seed, with the test bits/dim of
 each seed's best-validation model and their mean and standard deviation in the legend, and chapter 4's per-pixel
-baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-constant.json``: the same RealNVP
-preset with a constant learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs) are
+baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-fp32.json``: the earlier RealNVP
+preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json``: the same with a constant
+learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3) are
 drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
@@ -33,8 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
-COMPARED = {"RealNVP": {"constant lr": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
-                        "bf16, 7 epochs\n(epochs 1-2 slowed by other work)":
+COMPARED = {"RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
+                        "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
+                        "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
                             ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 TEMPERATURE = 0.7

@@ -107,7 +107,7 @@ each goal fits 6 minutes:
 * RealNVP <= 1.06 bits/dim (the MNIST figure quoted for RealNVP in later
   papers): an epoch is 781 steps. The only committed curve is the cpu
   preset's model, ~15x cheaper (32 channels, 2 blocks): 2.09, 1.64, 1.56,
-  1.55 after epochs 1-4 (3,124 steps, ``results/realnvp-mnist-cpu.json``);
+  1.55 after epochs 1-4 (3,124 steps, ``results/realnvp-mnist-cpu-fp32.json``);
   nothing committed shows how many steps the paper model needs for 1.06, and
   the published figures come from hundreds of epochs. Its share of a
   6-minute call, ~4.5 minutes at ~7-10 ms a step less 1-3 minutes

@@ -38,18 +38,20 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
                             train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
     # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
-    # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64.
-    # fp32 here and in the committed cpu run. bf16 autocast is 0.12 bits/dim worse after 300 equal steps (one
-    # seed, benchmarks/results/precision_check.md) but 0.275 better at equal time (1.59x the steps, 3 seeds:
-    # benchmarks/results/precision_equal_time.md), so the cpu preset moves to bf16 when it is re-tuned and re-run.
-    # First candidate, bf16 for 7 epochs (about 30 minutes alone on the AMD EPYC): 1.464 test bits/dim, one seed
-    # (results/realnvp-mnist-cpu-bf16-e7.json), still short of the 1.40 the budget is meant to reach.
+    # (the paper's CIFAR-10 size; the paper has no MNIST experiment), Adam lr 1e-3, batch 64, fp32 (no run yet).
+    # bf16 autocast is 0.12 bits/dim worse after 300 equal steps (one seed, benchmarks/results/precision_check.md)
+    # but 0.275 better at equal time (1.59x the steps, 3 seeds: benchmarks/results/precision_equal_time.md).
     ("realnvp", "paper"): dict(epochs=100, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
                                model_kwargs=dict(hidden_channels=64, num_blocks=8),
                                checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
-    # About 26 minutes on 2 cores, lr on a cosine to 0: 1.538 test bits/dim (results/realnvp-mnist-cpu.json);
-    # the same run at a constant lr 1e-3 ended at 1.563 (results/realnvp-mnist-cpu-constant.json).
-    ("realnvp", "cpu"): dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=5e-5, clip_grad=100.0, precision="fp32",
+    # 30 to 38 minutes on 2 cores: 7 epochs, bf16 nets where the CPU has them (precision "auto"), lr 2e-3 on a
+    # cosine to 0. Chosen at equal time: bf16 beat fp32 on every seed (above); at 5 minutes lr 2e-3 reached
+    # 1.722 valid bits/dim against 1.847 for 1e-3 and 2.088 for 48 channels (one seed,
+    # benchmarks/results/preset_candidates-realnvp.md). The earlier fp32 preset (4 epochs at lr 1e-3) reached
+    # 1.538 test bits/dim (results/realnvp-mnist-cpu-fp32.json); bf16 at lr 1e-3 for 7 epochs 1.464
+    # (results/realnvp-mnist-cpu-bf16-e7.json). This preset, seed 0: 1.397 in 38.0 min on the AMD EPYC
+    # (results/realnvp-mnist-cpu.json; its epochs took 269-369 s that day, against 235-285 s on an earlier one).
+    ("realnvp", "cpu"): dict(epochs=7, batch_size=64, lr=2e-3, weight_decay=5e-5, clip_grad=100.0,
                              schedule="cosine",
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
     # Glow (Kingma & Dhariwal 2018, section 3): 2 scales (28x28 squeezes to 14x14, then 7x7) of
@@ -59,11 +61,12 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                             model_kwargs=dict(steps_per_scale=32, hidden_channels=512),
                             checkpoint_minutes=10.0, log_every=100, eval_batch_size=500),
     # About 30 minutes on 2 cores, as the RealNVP cpu preset: 8 steps per scale, 96 hidden channels (276k
-    # parameters, 376 training images/s against RealNVP cpu's 150), 10 epochs, lr on a cosine to 0:
-    # 1.470 test bits/dim in 28.3 min (results/glow-mnist-cpu.json), against RealNVP cpu's 1.538 in 26.5.
-    # fp32 here and in that run; bf16 autocast is 0.040 bits/dim better at equal time (1.46x the steps, 3 seeds:
-    # benchmarks/results/precision_equal_time.md), so this preset too moves to bf16 when it is re-tuned and re-run.
-    ("glow", "cpu"): dict(epochs=10, batch_size=64, lr=1e-3, clip_grad=100.0, precision="fp32", schedule="cosine",
+    # parameters), 16 epochs, bf16 nets where the CPU has them (precision "auto"), each step's loss compiled,
+    # lr on a cosine to 0. At equal time bf16 beat fp32 on every seed (1.628 +- 0.004 against 1.668 +- 0.001
+    # valid bits/dim, 3 seeds: benchmarks/results/precision_equal_time.md) and the compiled bf16 step is 1.20x
+    # the eager one for 51 s of compiling (benchmarks/results/compile_check-bf16.md). The earlier fp32 preset
+    # (10 epochs, not compiled) reached 1.470 test bits/dim in 28.3 min (results/glow-mnist-cpu-fp32.json).
+    ("glow", "cpu"): dict(epochs=16, batch_size=64, lr=1e-3, clip_grad=100.0, schedule="cosine", compile=True,
                           model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
     ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
                             model_kwargs=dict(steps_per_scale=2, hidden_channels=8),
