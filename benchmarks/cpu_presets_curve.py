@@ -6,7 +6,8 @@ records the wall-clock seconds at the end of its epoch), and draws one curve per
 each seed's best-validation model and their mean and standard deviation in the legend, and chapter 4's per-pixel
 baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-fp32.json``: the earlier RealNVP
 preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json``: the same with a constant
-learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3) are
+learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
+``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager) are
 drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
@@ -37,7 +38,8 @@ MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
 COMPARED = {"RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
-                            ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"}}
+                            ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"},
+            "Glow": {"earlier preset: fp32,\n10 epochs, eager": ROOT / "results" / "glow-mnist-cpu-fp32.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 TEMPERATURE = 0.7
 
