@@ -12,8 +12,10 @@ Jupytext read). The chapter's solution cell holds only its label and a call::
 chapter's models and data, as code typed into the cell would), holds back
 everything it prints and draws, and shows it, with the code, inside a closed
 ``<details>`` element: "Solution 4.2 (click to show the code and its
-output)". A closed element reveals nothing in JupyterLab, in nbconvert's HTML
-or on GitHub, which show a code cell's source and its printed output in full.
+output)". JupyterLab and nbconvert's HTML keep the element closed, where a
+code cell written out would show its source and printed output in full. On
+GitHub the cell shows only its two lines; GitHub's notebook view is reported
+to show what is inside a ``<details>`` element (not checked here).
 A solution shows its results by printing them (a last bare expression is
 not echoed, as it would be in a cell); what it writes to stderr goes into the
 element too, and a figure it draws (without ``plt.show()``, which would show
