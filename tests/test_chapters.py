@@ -138,7 +138,7 @@ def test_chapter_ends_with_summary_exercises_references(path: Path) -> None:
 
 def _is_solution(cell: dict) -> bool:
     """Tagged ``solution`` and collapsed: a markdown one as a closed ``<details>`` element (it renders closed in
-    JupyterLab, nbconvert and on GitHub), a code one that only calls ``solution("N.K")`` (its output is such an
+    JupyterLab and nbconvert), a code one that only calls ``solution("N.K")`` (its output is such an
     element: tests/test_solutions.py) or else with its source hidden (flowlib.book.notebook_format)."""
     meta = cell.get("metadata", {})
     if "solution" not in meta.get("tags", []):

@@ -28,12 +28,13 @@ JupyterLab keeps as they are:
 * no widget state (``metadata.widgets``): the widget cells store a picture;
 * solutions (cells tagged ``solution``) reveal nothing until asked
   (`collapse_solutions`): a markdown solution is one ``<details>`` element
-  whose summary reads "Solution 4.2 (click to show)", closed in JupyterLab, in
-  nbconvert's HTML and on GitHub, with the Markdown and math inside rendered
+  whose summary reads "Solution 4.2 (click to show)", closed in JupyterLab and
+  in nbconvert's HTML, with the Markdown and math inside rendered
   once opened. A code solution whose cell only calls ``solution("4.2")``
   (`flowlib.book.solutions`: the code lives in ``chapters/solutions/``) shows
-  its two lines and its output, itself a closed ``<details>`` element, so it
-  too reveals nothing in all three views. A code solution written into its
+  its two lines and its output, itself a closed ``<details>`` element (how
+  GitHub's notebook view treats that element is not checked here: it is
+  reported to show what is inside). A code solution written into its
   cell stays a collapsed cell (source and outputs hidden, first line
   ``# Solution 4.2``): collapsed in JupyterLab and on the website, but GitHub
   and plain nbconvert show every code cell's source and outputs.
