@@ -97,10 +97,10 @@ each goal fits 6 minutes:
 
 * NICE <= 4.36 bits/dim (the NICE paper's 1980.5 nats on MNIST in bits/dim):
   an epoch is 250 steps. The cpu run (same model and Adam, cosine schedule,
-  ``results/nice-mnist-cpu.json``) went 4.87 bits/dim on validation after
-  2,000 steps, 4.65 after 4,500, its best 4.5705 after 11,000 (epoch 44), then
+  ``results/nice-mnist-cpu.json``) went 4.86 bits/dim on validation after
+  2,000 steps, 4.65 after 4,500, its best 4.5742 after 9,500 (epoch 38), then
   rose while the training loss fell to 4.31: the gap is overfitting, not
-  compute. At ~1 ms a step, 11,000 steps take ~11 s (+ ~20 s compiling), so
+  compute. At ~1 ms a step, 9,500 steps take ~10 s (+ ~20 s compiling), so
   the CPU run's minimum fits easily, but on this evidence **the goal is not
   reached at any budget** by this preset: expect about 4.57. Planned: 100
   epochs (25,000 steps, under a minute).
