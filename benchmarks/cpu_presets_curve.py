@@ -7,8 +7,9 @@ each seed's best-validation model and their mean and standard deviation in the l
 baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-fp32.json``: the earlier RealNVP
 preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json``: the same with a constant
 learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
-``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager) are
-drawn dashed beside the preset's runs.
+``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager;
+``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
+with an earlier version of flowlib) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -35,7 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
-COMPARED = {"RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
+COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "results" / "nice-mnist-cpu-earlier.json"},
+            "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
                             ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"},

@@ -7,9 +7,8 @@ ignored by git) and changes the copies only in how they are shown:
 * a solution (a cell tagged ``solution``) is collapsed behind a line that
   says only "Solution N.M": a markdown solution inside ``<details>`` (one
   stored inside ``<details>`` already keeps its label, less "(click to
-  show)"); a code solution that calls ``solution("N.M")`` by its output
-  alone, the closed element that call stored; any other code solution as a
-  hidden cell whose toggle names it;
+  show)"); a code solution, whose cell only calls ``solution("N.M")``, by
+  its output alone, the closed element that call stored;
 * each chapter gets, under its title, a line saying how to run it locally;
 * the landing page gets the (hidden) table of contents that gives the
   sidebar and the previous / next links;
@@ -83,15 +82,14 @@ def show_solution_collapsed(cell: dict, name: str) -> dict:
             name, body = stored.group(1), body[stored.end():].strip().removesuffix("</details>").strip()
         # An HTML block ends at a blank line, so the solution between the tags is read as markdown (with math).
         cell["source"] = f'<details class="solution">\n<summary>{name}</summary>\n\n{body}\n\n</details>\n'
-    elif CALL.fullmatch("".join(cell["source"])):  # its output is the closed element (flowlib.book.solutions)
-        if not cell.get("outputs"):
-            raise ValueError(f"{name} is stored without its output, so the site would show nothing of it: "
-                             f"re-run its chapter (python3 run.py rebuild)")
+    elif not CALL.fullmatch("".join(cell["source"])):
+        raise ValueError(f"{name}: a code solution's cell holds only its label and solution(...), its code kept in "
+                         f"chapters/solutions/ (flowlib.book.solutions); got {''.join(cell['source'])[:80]!r}")
+    elif not cell.get("outputs"):
+        raise ValueError(f"{name} is stored without its output, so the site would show nothing of it: "
+                         f"re-run its chapter (python3 run.py rebuild)")
+    else:  # its output is the closed element (flowlib.book.solutions)
         cell["metadata"].setdefault("tags", []).append("remove-input")
-    else:
-        cell["metadata"].setdefault("tags", []).append("hide-cell")
-        cell["metadata"]["mystnb"] = {"code_prompt_show": f"{name}: show the code and its output",
-                                      "code_prompt_hide": f"{name}: hide"}
     return cell
 
 

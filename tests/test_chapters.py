@@ -139,13 +139,13 @@ def test_chapter_ends_with_summary_exercises_references(path: Path) -> None:
 def _is_solution(cell: dict) -> bool:
     """Tagged ``solution`` and collapsed: a markdown one as a closed ``<details>`` element (it renders closed in
     JupyterLab and nbconvert), a code one that only calls ``solution("N.K")`` (its output is such an
-    element: tests/test_solutions.py) or else with its source hidden (flowlib.book.notebook_format)."""
+    element: tests/test_solutions.py)."""
     meta = cell.get("metadata", {})
     if "solution" not in meta.get("tags", []):
         return False
     if cell["cell_type"] == "markdown":
         return _source(cell).startswith("<details><summary>") and _source(cell).rstrip().endswith("</details>")
-    return meta.get("jupyter", {}).get("source_hidden") is True or bool(CALL.fullmatch(_source(cell)))
+    return bool(CALL.fullmatch(_source(cell)))
 
 
 @pytest.mark.parametrize("path", _chapters("exercises_have_collapsed_solutions"))

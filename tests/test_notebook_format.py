@@ -103,13 +103,12 @@ def test_a_markdown_solution_becomes_one_closed_details_element(label: str, summ
     assert collapse_solutions(_nb(out))["cells"][0] == out
 
 
-def test_a_code_solution_stays_collapsed() -> None:
+def test_a_code_solution_written_into_its_cell_is_refused() -> None:
+    # GitHub and nbconvert show a hidden cell's source: the refusal names the form that keeps the answer away.
     cell = _code(**SOLUTION)
     cell["source"] = "# Solution 4.1\nprint(2)"
-    out = format_notebook(_nb(cell))["cells"][0]
-    assert out["source"] == cell["source"]
-    assert out["metadata"] == {"collapsed": True, "tags": ["solution"],
-                               "jupyter": {"outputs_hidden": True, "source_hidden": True}}
+    with pytest.raises(ValueError, match=r"solution\(\"4\.1\"\).*# %% Solution 4\.1.*print\(2\)"):
+        format_notebook(_nb(cell))
 
 
 def test_a_code_solution_kept_in_its_file_is_shown() -> None:
@@ -119,7 +118,8 @@ def test_a_code_solution_kept_in_its_file_is_shown() -> None:
     out = format_notebook(_nb(cell))["cells"][0]
     assert out["source"] == cell["source"] and out["metadata"] == {"tags": ["solution"]}
     cell["source"] = '# Solution 4.1\nsolution("4.2")'  # a call to another solution is not the form
-    assert format_notebook(_nb(cell))["cells"][0]["metadata"]["jupyter"]["source_hidden"] is True
+    with pytest.raises(ValueError, match="Solution 4.1"):
+        format_notebook(_nb(cell))
 
 
 def test_a_solution_without_its_label_is_refused() -> None:

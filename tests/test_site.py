@@ -120,18 +120,17 @@ def test_solutions_are_collapsed_in_the_html(built):
     assert "<details open" not in html
 
 
-#: Chapters that still keep a code solution in its cell (the site hides that cell behind a named toggle).
-CODE_IN_CELL = [p for p in site_build.chapter_files() if any(
-    c["cell_type"] == "code" and c["metadata"].get("jupyter", {}).get("source_hidden")
-    and "solution" in c["metadata"].get("tags", []) for c in json.loads(p.read_text())["cells"])]
+def test_a_code_solution_is_shown_only_by_its_stored_element():
+    def cell(source, outputs):
+        return {"cell_type": "code", "source": source, "outputs": outputs, "metadata": {"tags": ["solution"]}}
 
-
-@pytest.mark.skipif(not CODE_IN_CELL, reason="every code solution is kept in chapters/solutions/")
-def test_a_code_solution_in_its_cell_hides_behind_a_named_toggle(built):
-    html = (built["out"] / f"{CODE_IN_CELL[0].stem}.html").read_text()
-    number = int(CODE_IN_CELL[0].name[:2])
-    # the toggle holds both of its prompts: "Solution N.K: show the code and its output" and "Solution N.K: hide"
-    assert any(re.match(rf"Solution {number}\.\d+: show the code and its output\n", t) for t in _summaries(html))
+    element = [{"output_type": "display_data", "data": {"text/html": "<details>...</details>"}, "metadata": {}}]
+    shown = site_build.show_solution_collapsed(cell('# Solution 4.1\nsolution("4.1")', element), "Solution 4.1")
+    assert "remove-input" in shown["metadata"]["tags"]
+    with pytest.raises(ValueError, match="without its output"):
+        site_build.show_solution_collapsed(cell('# Solution 4.1\nsolution("4.1")', []), "Solution 4.1")
+    with pytest.raises(ValueError, match="chapters/solutions/.*print"):  # its answer would be in the page's source
+        site_build.show_solution_collapsed(cell("# Solution 4.1\nprint(2)", element), "Solution 4.1")
 
 
 def test_a_solution_kept_in_its_file_shows_only_its_closed_element(built):

@@ -34,10 +34,9 @@ JupyterLab keeps as they are:
   (`flowlib.book.solutions`: the code lives in ``chapters/solutions/``) shows
   its two lines and its output, itself a closed ``<details>`` element (how
   GitHub's notebook view treats that element is not checked here: it is
-  reported to show what is inside). A code solution written into its
-  cell stays a collapsed cell (source and outputs hidden, first line
-  ``# Solution 4.2``): collapsed in JupyterLab and on the website, but GitHub
-  and plain nbconvert show every code cell's source and outputs.
+  reported to show what is inside). A code solution written into its own
+  cell is refused: GitHub and plain nbconvert show every code cell's source
+  and outputs, hidden or not, so it would give its answer away.
 
 ``python -m flowlib.book.notebook_format [--check] NOTEBOOK ...`` rewrites
 notebooks in this form (atomically, only those that change); with
@@ -96,7 +95,7 @@ import sys
 from pathlib import Path
 
 from ..files import write_atomically
-from .solutions import CALL
+from .solutions import CALL, call_source
 
 __all__ = ["KERNELSPEC", "jupyterlab_form", "collapse_solutions", "format_notebook", "dumps", "format_file",
            "replace_file"]
@@ -222,8 +221,9 @@ def collapse_solutions(nb: dict) -> dict:
     A markdown solution becomes one closed ``<details>`` element (its source
     no longer hidden: JupyterLab renders the element, and would show a hidden
     cell's first line as raw text); a code solution that calls
-    ``solution("N.K")`` is left open (its output is the closed element); any
-    other code solution stays collapsed, source and outputs hidden. Idempotent.
+    ``solution("N.K")`` is left open (its output is the closed element); a
+    code solution with its code in the cell is refused (`ValueError`).
+    Idempotent.
 
     >>> cell = {"cell_type": "markdown", "id": "s", "source": "**Solution 4.2.**\\n\\nIt is $\\\\ln 2$.",
     ...         "metadata": {"tags": ["solution"], "jupyter": {"source_hidden": True, "outputs_hidden": True}}}
@@ -248,8 +248,12 @@ def collapse_solutions(nb: dict) -> dict:
         elif cell["cell_type"] == "code" and CALL.fullmatch(_text(cell["source"])):
             _shown(meta)
         elif cell["cell_type"] == "code":
-            meta["jupyter"] = {**meta.get("jupyter", {}), "source_hidden": True, "outputs_hidden": True}
-            meta["collapsed"] = True
+            label = re.match(r"# Solution (\d+\.\d+)", _text(cell["source"]))
+            label = label.group(1) if label else "N.K"
+            raise ValueError(
+                f"a code solution's cell holds only {call_source(label)!r}, its code kept in "
+                f"chapters/solutions/NN-<chapter>.py under '# %% Solution {label}' (flowlib.book.solutions); "
+                f"got {_text(cell['source'])[:80]!r}")
     return nb
 
 

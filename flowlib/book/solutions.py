@@ -144,20 +144,31 @@ def _code_before(head: str) -> bool:
                                                      and isinstance(body[0].value.value, str)))
 
 
+def _figure_numbers() -> set[int]:
+    """The numbers of the open matplotlib figures (none if pyplot was never imported: nothing was drawn)."""
+    return set(sys.modules["matplotlib.pyplot"].get_fignums()) if "matplotlib.pyplot" in sys.modules else set()
+
+
+def _close_figures(numbers: set[int]) -> None:
+    for number in numbers:
+        sys.modules["matplotlib.pyplot"].close(number)
+
+
 def _new_figures(before: set[int]) -> list[bytes]:
     """PNGs of the matplotlib figures opened since ``before`` (their numbers), closed afterwards."""
-    if "matplotlib.pyplot" not in sys.modules:
+    new = sorted(_figure_numbers() - before)
+    if not new:
         return []
     import matplotlib.pyplot as plt
 
     pictures = []
-    for number in sorted(set(plt.get_fignums()) - before):
+    for number in new:
         figure = plt.figure(number)
         if getattr(plt.show, "checks_readability", False):  # the test command's check (book.readability)
             try:
                 check_readable(figure)
             except ValueError:
-                plt.close("all")
+                _close_figures(_figure_numbers() - before)
                 raise
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", bbox_inches="tight")
@@ -171,7 +182,7 @@ def run_solution(section: SolutionSection, namespace: dict[str, Any]) -> Solutio
 
     On an error, what it printed goes to the real stdout before the error propagates.
     """
-    before = set(sys.modules["matplotlib.pyplot"].get_fignums()) if "matplotlib.pyplot" in sys.modules else set()
+    before = _figure_numbers()
     # Blank lines in front, so a traceback names the line of the solutions file.
     code = compile("\n" * (section.first_line - 1) + section.code, section.path, "exec", dont_inherit=True)
     printed = io.StringIO()
@@ -180,9 +191,7 @@ def run_solution(section: SolutionSection, namespace: dict[str, Any]) -> Solutio
             exec(code, namespace)
     except BaseException:
         sys.stdout.write(printed.getvalue())
-        if "matplotlib.pyplot" in sys.modules:
-            for number in set(sys.modules["matplotlib.pyplot"].get_fignums()) - before:
-                sys.modules["matplotlib.pyplot"].close(number)
+        _close_figures(_figure_numbers() - before)
         raise
     return SolutionRun(printed.getvalue(), _new_figures(before))
 
