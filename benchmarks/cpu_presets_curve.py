@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     rows = 2 if args.samples else 1
-    fig, axes = plt.subplots(rows, len(MODELS), figsize=(12, 4.4 * rows), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(rows, len(MODELS), figsize=(12, 4.4 * rows + 2.2), layout="constrained", squeeze=False)
     for col, (name, model) in enumerate(MODELS.items()):
         ax = axes[0, col]
         files = seed_files(model)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(f"{name}, cpu preset: {runs[0]['device']}, {runs[0]['precision']}", fontsize=9)
         ax.set_xlabel("wall-clock minutes")
         ax.set_ylabel("bits / dim")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: it hides no curve
         print(f"{name}: test bits/dim {spread(tests)}")
         if args.samples:
             draw_samples(axes[1, col], runs[0])
