@@ -4,11 +4,14 @@ Nothing is executed: every chapter shows the outputs it was stored with. The
 build copies the chapters into a scratch source folder (``build/site-src``,
 ignored by git) and changes the copies only in how they are shown:
 
-* a solution (a cell tagged ``solution``) is collapsed behind a line that
-  says only "Solution N.M": a markdown solution inside ``<details>`` (one
-  stored inside ``<details>`` already keeps its label, less "(click to
-  show)"); a code solution, whose cell only calls ``solution("N.M")``, by
-  its output alone, the closed element that call stored;
+* a solution (a cell tagged ``solution``, which only calls
+  ``solution("N.M")`` and is stored without output) is shown as its parts,
+  each collapsed behind a line that says only "Solution N.M" and what the
+  part is: its answers in words from ``chapters/solutions/NN-*.md`` (before
+  or after its code, as `flowlib.book.solutions` places them), and its code
+  part by the closed element the chapter's run kept in the cell's metadata
+  (``solution_output``); the solutions files are copied into the site, so
+  the chapters' links to them download them;
 * each chapter gets, under its title, a line saying how to run it locally;
 * the landing page gets the (hidden) table of contents that gives the
   sidebar and the previous / next links;
@@ -35,7 +38,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from flowlib.book.solutions import CALL
+from flowlib.book.notebook_format import SOLUTION_OUTPUT
+from flowlib.book.solutions import CALL, Answer, parse_answers, parse_solutions
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -47,12 +51,10 @@ FRONT = "00-index"
 PAGES = ("results", "trainer", "speed", "flowlib")
 #: Folders of the repository the pages link to; copied into the site as they are.
 COPIED = ("results", "benchmarks")
+SOLUTIONS = CHAPTERS / "solutions"
 RUN_LOCALLY = ("*Run this chapter yourself: download the notebook with the download button at the top of the "
                "page, or clone the book and run* `python3 run.py book` *(see the [contents](00-index.ipynb)).*")
 
-_SOLUTION = re.compile(r"Solution\s+(\d+\.\d+)")
-#: The first line of a markdown solution as the chapters store it: its label and "(click to show)".
-_STORED_DETAILS = re.compile(r"<details><summary>(.*?)(?: \(click to show\))?</summary>\n")
 _ARXIV = re.compile(r"\[arXiv:(\d{4}\.\d{4,5})\]")
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -62,35 +64,46 @@ def chapter_files() -> list[Path]:
     return sorted(CHAPTERS.glob("[0-9][0-9]-*.ipynb")) + [CHAPTERS / "bibliography.ipynb"]
 
 
-def solution_name(cell: dict, previous: str | None) -> str:
-    """``"Solution 3.1"`` from a solution cell's text (its first mention of "Solution N.M"); a cell that names
-    none continues the ``previous`` solution."""
-    match = _SOLUTION.search("".join(cell["source"]))
-    if match is not None:
-        return f"Solution {match.group(1)}"
-    if previous is None:
-        raise ValueError(f"a cell tagged 'solution' names no 'Solution N.M': {''.join(cell['source'])[:80]!r}")
-    return previous.removesuffix(", continued") + ", continued"
+def answers_in_words(chapter: int, folder: Path = SOLUTIONS) -> dict[str, list[Answer]]:
+    """Chapter ``chapter``'s answers in words (``NN-*.md`` in ``folder``), by label; none without that file."""
+    found = sorted(folder.glob(f"{chapter:02d}-*.md"))
+    return parse_answers(found[0].read_text(encoding="utf-8"), str(found[0])) if found else {}
 
 
-def show_solution_collapsed(cell: dict, name: str) -> dict:
-    """A solution cell as the site shows it: collapsed behind ``name``, nothing else visible."""
-    if cell["cell_type"] == "markdown":
-        body = "".join(cell["source"])
-        stored = _STORED_DETAILS.match(body)
-        if stored:  # stored collapsed (flowlib.book.notebook_format): its label, in the site's own element
-            name, body = stored.group(1), body[stored.end():].strip().removesuffix("</details>").strip()
-        # An HTML block ends at a blank line, so the solution between the tags is read as markdown (with math).
-        cell["source"] = f'<details class="solution">\n<summary>{name}</summary>\n\n{body}\n\n</details>\n'
-    elif not CALL.fullmatch("".join(cell["source"])):
-        raise ValueError(f"{name}: a code solution's cell holds only its label and solution(...), its code kept in "
-                         f"chapters/solutions/ (flowlib.book.solutions); got {''.join(cell['source'])[:80]!r}")
-    elif not cell.get("outputs"):
-        raise ValueError(f"{name} is stored without its output, so the site would show nothing of it: "
-                         f"re-run its chapter (python3 run.py rebuild)")
-    else:  # its output is the closed element (flowlib.book.solutions)
-        cell["metadata"].setdefault("tags", []).append("remove-input")
-    return cell
+def _answer_cell(answer: Answer, cell_id: str) -> dict:
+    # An HTML block ends at a blank line, so the answer between the tags is read as markdown (with math).
+    return _markdown_cell(f'<details class="solution">\n<summary>{answer.summary}</summary>\n\n{answer.text}\n\n'
+                          f'</details>\n', cell_id)
+
+
+def show_solution_collapsed(cell: dict, answers: dict[str, list[Answer]]) -> list[dict]:
+    """A solution cell as the site shows it: its parts (``answers``, the chapter's answers in words by label,
+    and the element its code part stored), each collapsed behind its summary, nothing else visible."""
+    source = "".join(cell["source"])
+    match = CALL.fullmatch(source) if cell["cell_type"] == "code" else None
+    if match is None:
+        raise ValueError(f"a solution's cell holds only its label and solution(...), its answers kept in "
+                         f"chapters/solutions/ (flowlib.book.solutions); got a {cell['cell_type']} cell "
+                         f"{source[:80]!r}")
+    label = match.group(1)
+    words = answers.get(label, [])
+    stored = cell["metadata"].get(SOLUTION_OUTPUT) or cell.get("outputs")
+    shown = [_answer_cell(a, f"{cell['id']}-words-{k}") for k, a in enumerate(words) if a.before_code]
+    if stored:
+        code = {**cell, "outputs": stored, "metadata": {**cell["metadata"]}}
+        code["metadata"].pop(SOLUTION_OUTPUT, None)
+        code["metadata"]["tags"] = [*code["metadata"].get("tags", []), "remove-input"]
+        shown.append(code)
+    elif label in _code_labels(int(label.split(".")[0])):
+        raise ValueError(f"Solution {label} is stored without the output of its code, so the site would show "
+                         f"nothing of it: re-run its chapter (python3 run.py rebuild)")
+    shown += [_answer_cell(a, f"{cell['id']}-words-{k}") for k, a in enumerate(words) if not a.before_code]
+    return shown
+
+
+def _code_labels(chapter: int) -> set[str]:
+    found = sorted(SOLUTIONS.glob(f"{chapter:02d}-*.py"))
+    return set(parse_solutions(found[0].read_text(encoding="utf-8"), str(found[0]))) if found else set()
 
 
 def without_widget_views(cell: dict) -> dict:
@@ -114,9 +127,11 @@ def table_of_contents(chapters: list[Path]) -> str:
 
 def _repository_links(text: str) -> str:
     """``](../results/x.json)`` and the like point to the site's copy of that file, ``](../docs/results.md)``
-    to the site's page."""
+    to the site's page, ``](solutions/04-x.md)`` to a download of the site's copy."""
     for folder in COPIED:
         text = text.replace(f"](../{folder}/", f"]({folder}/")
+    # The solutions files as downloads (MyST would read a link to a .md file as one to a page of the site).
+    text = text.replace("](solutions/", "](path:solutions/")
     for page in PAGES:  # the site's own pages sit beside the chapters
         text = text.replace(f"](../docs/{page}.md)", f"]({page}.md)")
     return text
@@ -146,12 +161,13 @@ def with_reference_links(text: str, bibliography: bool) -> str:
 def prepare_notebook(path: Path, toc: str) -> dict:
     """The copy of one stored notebook that the site renders (see the module docstring)."""
     nb = json.loads(path.read_text())
-    cells, name = [], None
+    cells = []
+    answers = answers_in_words(int(path.stem[:2])) if path.stem[:2].isdigit() else {}
     for k, cell in enumerate(nb["cells"]):
         cell = without_widget_views(cell)
         if "solution" in cell.get("metadata", {}).get("tags", []):
-            name = solution_name(cell, name)
-            cell = show_solution_collapsed(cell, name)
+            cells += show_solution_collapsed(cell, answers)
+            continue
         if cell["cell_type"] == "markdown":
             text = _repository_links("".join(cell["source"]))
             if path.stem == "bibliography" or text.lstrip().startswith("## References"):
@@ -189,6 +205,7 @@ def prepare(source: Path = SOURCE) -> Path:
     shutil.copy(ROOT / "flowlib" / "README.md", source / "_flowlib-layout.md")  # included by flowlib.md
     for folder in COPIED:  # a link to an existing file becomes a download link
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(SOLUTIONS, source / "solutions", ignore=shutil.ignore_patterns("__pycache__"))
     for record in (source / "benchmarks" / "results").glob("*.md"):  # a page needs a title
         record.write_text(f"# Benchmark record: {record.stem}\n\n" + record.read_text())
     chapters = chapter_files()

@@ -21,7 +21,7 @@ nb_render_markdown_format = "myst"  # Markdown outputs (a chapter's printed tabl
 myst_dmath_double_inline = True  # $$...$$ inside a paragraph, as the chapters write it (and JupyterLab shows it)
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type"]
-exclude_patterns = ["_build", "_extra", "results", "benchmarks/README.md", "_flowlib-layout.md"]  # benchmarks/results/*.md are pages
+exclude_patterns = ["_build", "_extra", "results", "solutions", "benchmarks/README.md", "_flowlib-layout.md"]  # benchmarks/results/*.md are pages
 
 # MathJax 3 from the site itself: docs/build.py copies the MathJax (scripts and woff fonts) of the pinned
 # sphinx-mathjax-offline package into _static/mathjax.

@@ -137,15 +137,12 @@ def test_chapter_ends_with_summary_exercises_references(path: Path) -> None:
 
 
 def _is_solution(cell: dict) -> bool:
-    """Tagged ``solution`` and collapsed: a markdown one as a closed ``<details>`` element (it renders closed in
-    JupyterLab and nbconvert), a code one that only calls ``solution("N.K")`` (its output is such an
-    element: tests/test_solutions.py)."""
+    """Tagged ``solution``, a code cell that only calls ``solution("N.K")``, stored without output: nothing of
+    the answer shows in any view (tests/test_solutions.py checks what it shows when run)."""
     meta = cell.get("metadata", {})
     if "solution" not in meta.get("tags", []):
         return False
-    if cell["cell_type"] == "markdown":
-        return _source(cell).startswith("<details><summary>") and _source(cell).rstrip().endswith("</details>")
-    return bool(CALL.fullmatch(_source(cell)))
+    return cell["cell_type"] == "code" and bool(CALL.fullmatch(_source(cell))) and not cell.get("outputs")
 
 
 @pytest.mark.parametrize("path", _chapters("exercises_have_collapsed_solutions"))
@@ -163,10 +160,8 @@ def test_exercises_have_collapsed_solutions(path: Path) -> None:
         assert not _is_solution(cells[i]), f"{path.name}: exercise {n}.{k} itself is hidden"
 
 
-#: The first line of a solution: its label alone. A collapsed cell shows its first line (JupyterLab's
-#: placeholder, the site's summary), so anything after the label would give the answer away.
-SOLUTION_FIRST_LINE = re.compile(
-    r"<details><summary>Solution \d+\.\d+(, [a-z ]+)? \(click to show\)</summary>|# Solution \d+\.\d+")
+#: The first line of a solution's cell: its label alone.
+SOLUTION_FIRST_LINE = re.compile(r"# Solution \d+\.\d+")
 
 
 @pytest.mark.parametrize("path", _chapters("solutions_show_only_their_label"))

@@ -2,7 +2,7 @@
 
 What JupyterLab writes back is checked in JupyterLab itself by ``tests/test_roundtrip.py``; here:
 the writer gives nbformat's bytes, the form is idempotent, JupyterLab's rules for ``collapsed`` and the
-kernel's spec, merged streams, collapsed solutions, and every stored notebook already in the form.
+kernel's spec, merged streams, solutions stored without output, and every stored notebook already in the form.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flowlib.book.notebook_format import (KERNELSPEC, collapse_solutions, dumps, format_file, format_notebook,
-                                          jupyterlab_form, main)
+from flowlib.book.notebook_format import (KERNELSPEC, SOLUTION_OUTPUT, dumps, format_file, format_notebook,
+                                          jupyterlab_form, main, store_solutions)
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -84,48 +84,48 @@ def test_an_older_notebook_format_is_refused() -> None:
 SOLUTION = {"tags": ["solution"], "jupyter": {"outputs_hidden": True, "source_hidden": True}}
 
 
-@pytest.mark.parametrize("label, summary", [
-    ("**Solution 4.1.**", "Solution 4.1"),
-    ("**Solution 4.4, continued.**", "Solution 4.4, continued"),
-    ("**Solution 7.2** (discussion).", "Solution 7.2, discussion"),
-    ("**Solution 12.3 (what it shows).**", "Solution 12.3, what it shows"),
-])
-def test_a_markdown_solution_becomes_one_closed_details_element(label: str, summary: str) -> None:
-    body = "The log-det is\n\n$$\\log|\\det J| = \\sum_i s_i,$$\n\nso $x_1$ passes.\n"
-    cell = {"cell_type": "markdown", "id": "s", "metadata": dict(SOLUTION), "source": f"{label}\n\n{body}"}
-    out = collapse_solutions(_nb(cell))["cells"][0]
-    lines = out["source"].split("\n")
-    assert lines[0] == f"<details><summary>{summary} (click to show)</summary>"
-    # blank lines around the body: an HTML block ends there, so the body is read as Markdown (and math)
-    assert lines[1] == "" and lines[-2] == "" and lines[-1] == "</details>"
-    assert "\n".join(lines[2:-2]) == body.strip()
-    assert out["metadata"] == {"tags": ["solution"]}  # shown, so JupyterLab renders the closed element
-    assert collapse_solutions(_nb(out))["cells"][0] == out
+def _element(label: str) -> dict:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/html": f'<details class="solution"><summary>Solution {label} (click to show the code and '
+                                  f'its output)</summary>\n<pre>42</pre>\n</details>',
+                     "text/plain": f"Solution {label}: its code is in chapters/solutions/04-x.py"}}
 
 
-def test_a_code_solution_written_into_its_cell_is_refused() -> None:
-    # GitHub and nbconvert show a hidden cell's source: the refusal names the form that keeps the answer away.
-    cell = _code(**SOLUTION)
-    cell["source"] = "# Solution 4.1\nprint(2)"
-    with pytest.raises(ValueError, match=r"solution\(\"4\.1\"\).*# %% Solution 4\.1.*print\(2\)"):
-        format_notebook(_nb(cell))
+def _words(label: str) -> dict:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/markdown": f"<details><summary>Solution {label} (click to show)</summary>\n\n$x$\n\n"
+                                      f"</details>", "text/plain": f"Solution {label}: in chapters/solutions/04-x.md"}}
 
 
-def test_a_code_solution_kept_in_its_file_is_shown() -> None:
-    # Its two lines give nothing away and its output is the closed element, so hiding it would only add a click.
-    cell = _code(**SOLUTION)
+def test_a_solution_is_stored_without_output_its_code_part_kept_in_its_metadata() -> None:
+    # GitHub shows every output, whatever the cell's metadata say, and may show inside a closed <details>.
+    cell = _code(_words("4.1"), _element("4.1"), **SOLUTION)
     cell["source"] = '# Solution 4.1\nsolution("4.1")'
     out = format_notebook(_nb(cell))["cells"][0]
-    assert out["source"] == cell["source"] and out["metadata"] == {"tags": ["solution"]}
-    cell["source"] = '# Solution 4.1\nsolution("4.2")'  # a call to another solution is not the form
-    with pytest.raises(ValueError, match="Solution 4.1"):
+    assert out["source"] == cell["source"] and out["outputs"] == [] and out["execution_count"] == 1
+    assert set(out["metadata"]) == {"tags", SOLUTION_OUTPUT}  # shown: hiding two lines would only add a click
+    (kept,) = out["metadata"][SOLUTION_OUTPUT]  # the answer in words is read from its file again, so not kept
+    assert "".join(kept["data"]["text/html"]) == _element("4.1")["data"]["text/html"]
+    assert kept["data"]["text/html"][0].endswith("</summary>\n")  # lines, as nbformat stores an output's text
+    assert format_notebook(_nb(out))["cells"][0] == out  # idempotent: an empty run keeps what was kept
+    again = dict(out, outputs=[_words("4.1")])  # run again, the code part gone: nothing stale is kept
+    assert SOLUTION_OUTPUT not in store_solutions(_nb(again))["cells"][0]["metadata"]
+
+
+@pytest.mark.parametrize("source, cell_type, message", [
+    ("# Solution 4.1\nprint(2)", "code", r"solution\(\"4\.1\"\).*# %% Solution 4\.1.*print\(2\)"),
+    ('# Solution 4.1\nsolution("4.2")', "code", r"Solution 4\.1"),  # a call to another solution is not the form
+    ("<details><summary>Solution 4.1 (click to show)</summary>\n\nIt is $\\ln 2$.\n\n</details>", "markdown",
+     r"\.md under '## Solution 4\.1'"),
+    ("The answer is 4.", "markdown", r"'## Solution N\.K'"),
+])
+def test_a_solution_written_into_its_cell_is_refused(source: str, cell_type: str, message: str) -> None:
+    # GitHub shows a markdown cell's text and a code cell's source: the refusal names the form that keeps it away.
+    cell = {"cell_type": cell_type, "id": "s", "metadata": dict(SOLUTION), "source": source}
+    if cell_type == "code":
+        cell.update(execution_count=None, outputs=[])
+    with pytest.raises(ValueError, match=message):
         format_notebook(_nb(cell))
-
-
-def test_a_solution_without_its_label_is_refused() -> None:
-    cell = {"cell_type": "markdown", "id": "s", "metadata": dict(SOLUTION), "source": "The answer is 4."}
-    with pytest.raises(ValueError, match="label"):
-        collapse_solutions(_nb(cell))
 
 
 def test_the_command_formats_files_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -8,10 +8,15 @@
   ``docmanager:save`` (what Ctrl+S runs) and its bytes must equal the stored
   file's. This is what `flowlib.book.notebook_format` promises; a difference
   names the lines JupyterLab changed.
-* Chapter 4's markdown solutions render in JupyterLab as closed
-  ``<details>`` elements showing only "Solution 4.N (click to show)"; a click
-  opens one, and the math inside is typeset (MathJax), no ``$`` left.
-* The same chapter converted by nbconvert (HTML, the lab template, MathJax 2
+* Chapter 4's solutions as a reader's run shows them (a notebook whose
+  solution cells hold what ``solution("4.N")`` displays: the answers in
+  words from ``chapters/solutions/04-*.md``, the code part the chapter's run
+  kept) render in JupyterLab as closed ``<details>`` elements showing only
+  "Solution 4.N (click to show)" (the code part "... (click to show the code
+  and its output)"); a click opens one, and the math inside is typeset
+  (MathJax), no ``$`` left. (The stored chapters show no solution at all:
+  ``tests/test_solutions.py``.)
+* The same notebook converted by nbconvert (HTML, the lab template, MathJax 2
   from the pinned ``jupyter-server-mathjax`` instead of a CDN) shows the same:
   closed solutions, math typeset inside once opened.
 
@@ -24,6 +29,7 @@ system packages; skipped without them.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +46,8 @@ from test_browser import CHAPTERS, PAGE_TIMEOUT, jupyterlab, _wait  # noqa: E402
 pytestmark = [pytest.mark.slow, needs_chromium]
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS_CHAPTER = "04-images-as-data.ipynb"  # markdown solutions with inline and display math
+SOLUTIONS_CHAPTER = "04-images-as-data.ipynb"  # answers in words with inline and display math
+SHOWN = "solutions-as-run.ipynb"  # written beside the chapters by `_solutions_as_run`
 KERNEL_TIMEOUT = 120  # seconds, for one notebook to open and its kernel to start on a busy small CPU
 
 _APP_READY_JS = """
@@ -90,11 +97,11 @@ const [path, done] = [arguments[0], arguments[arguments.length - 1]];
 })().catch(e => done({error: String((e && e.stack) || e)}));
 """
 
-# The markdown solutions on the page: [summary, open?, the text shown inside, number of typeset formulas] for each.
+# The solutions on the page: [summary, open?, the text shown inside, number of typeset formulas] for each.
 # The summary's textContent, as JupyterLab skips rendering cells out of view (content-visibility), where
 # innerText is empty; the shown text only from children that are rendered (closed details hide theirs).
 _SOLUTIONS_JS = """
-return Array.from(document.querySelectorAll('.jp-MarkdownCell details')).map(d => {
+return Array.from(document.querySelectorAll('details')).map(d => {
   const summary = d.querySelector('summary');
   const inner = Array.from(d.children).filter(e => e.tagName !== 'SUMMARY');
   return [summary ? summary.textContent.trim() : '', d.open,
@@ -152,7 +159,7 @@ def round_trip(driver: Any, root: Path, name: str) -> list[str]:
 
 def test_every_stored_notebook_opens_unedited_and_saves_unchanged(lab) -> None:
     _, driver, root = lab
-    names = sorted(p.name for p in root.glob("*.ipynb"))
+    names = sorted(p.name for p in root.glob("*.ipynb") if p.name != SHOWN)
     assert len(names) >= 10, names
     problems = [p for name in names for p in round_trip(driver, root, name)]
     assert not problems, "\n\n".join(problems)
@@ -162,13 +169,41 @@ def _solutions(driver: Any) -> list[list]:
     return [s for s in driver.execute_script(_SOLUTIONS_JS) if s[0].startswith("Solution")]
 
 
-def test_markdown_solutions_are_closed_in_jupyterlab(lab) -> None:
-    _, driver, _ = lab
-    _open(driver, SOLUTIONS_CHAPTER)
+def _solutions_as_run(folder: Path) -> Path:
+    """Chapter 4 with each solution cell holding what running it displays (`flowlib.book.solutions.solution`):
+    its answers in words, from their file, around the element its code part showed in the chapter's run."""
+    from flowlib.book.notebook_format import SOLUTION_OUTPUT, dumps
+    from flowlib.book.solutions import CALL, answer_bundle, parse_answers
+
+    nb = json.loads((CHAPTERS / SOLUTIONS_CHAPTER).read_text(encoding="utf-8"))
+    words_file = CHAPTERS / "solutions" / SOLUTIONS_CHAPTER.replace(".ipynb", ".md")
+    answers = parse_answers(words_file.read_text(encoding="utf-8"), str(words_file))
+    for cell in nb["cells"]:
+        match = CALL.fullmatch("".join(cell["source"])) if "solution" in cell["metadata"].get("tags", []) else None
+        if match:
+            words = [{"output_type": "display_data", "metadata": {}, "data": answer_bundle(a, words_file.name)}
+                     for a in answers.get(match.group(1), [])]
+            code = cell["metadata"].pop(SOLUTION_OUTPUT, [])
+            cell["outputs"] = [w for w, a in zip(words, answers.get(match.group(1), [])) if a.before_code] + code + \
+                              [w for w, a in zip(words, answers.get(match.group(1), [])) if not a.before_code]
+    assert sum(len(c.get("outputs", [])) for c in nb["cells"] if "solution" in c["metadata"].get("tags", [])) >= 8
+    path = folder / SHOWN
+    path.write_text(dumps(nb), encoding="utf-8")
+    return path
+
+
+def _closed(summary: str) -> bool:
+    return summary.endswith(("(click to show)", "(click to show the code and its output)"))
+
+
+def test_solutions_are_closed_in_jupyterlab(lab) -> None:
+    _, driver, root = lab
+    _open(driver, _solutions_as_run(root).name)
     solutions = _wait(driver, PAGE_TIMEOUT, "the solutions to render", _solutions)
+    assert any(s[0].endswith("(click to show)") for s in solutions), solutions  # answers in words among them
     for summary, is_open, shown, _ in solutions:
-        assert summary.endswith("(click to show)") and not is_open and not shown, (summary, is_open, shown[:80])
-    details = driver.find_elements("css selector", ".jp-MarkdownCell details")
+        assert _closed(summary) and not is_open and not shown, (summary, is_open, shown[:80])
+    details = driver.find_elements("css selector", "details")
     first = next(d for d in details if d.find_element("tag name", "summary").text.startswith("Solution"))
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", first)
     first.find_element("tag name", "summary").click()
@@ -193,16 +228,16 @@ if (!window.MathJax || !MathJax.Hub) { done(false); return; }
 MathJax.Hub.Queue(() => done(true));
 """
 
-def test_markdown_solutions_are_closed_in_nbconvert_html(tmp_path: Path) -> None:
-    html = _nbconvert_html(CHAPTERS / SOLUTIONS_CHAPTER, tmp_path)
+def test_solutions_are_closed_in_nbconvert_html(tmp_path: Path) -> None:
+    html = _nbconvert_html(_solutions_as_run(tmp_path), tmp_path)
     with chromium(tmp_path / "profile", extra_flags=("--allow-file-access-from-files",)) as driver:
         driver.set_script_timeout(PAGE_TIMEOUT)
         driver.get(html.as_uri())
         _wait(driver, PAGE_TIMEOUT, "MathJax to load", lambda d: d.execute_async_script(_MATHJAX_DONE_JS))
         solutions = [s for s in driver.execute_script(_SOLUTIONS_JS) if s[0].startswith("Solution")]
-        assert len(solutions) >= 3, solutions
+        assert len(solutions) >= 8, solutions
         for summary, is_open, shown, _ in solutions:
-            assert summary.endswith("(click to show)") and not is_open and not shown, (summary, is_open, shown[:80])
+            assert _closed(summary) and not is_open and not shown, (summary, is_open, shown[:80])
         for summary in driver.find_elements("css selector", "details > summary"):
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", summary)
         _wait(driver, PAGE_TIMEOUT, "MathJax after opening", lambda d: d.execute_async_script(_MATHJAX_DONE_JS))

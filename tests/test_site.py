@@ -116,21 +116,31 @@ def _summaries(html: str) -> list[str]:
 
 def test_solutions_are_collapsed_in_the_html(built):
     html = (built["out"] / "03-affine-coupling.html").read_text()
-    assert "Solution 3.1" in _summaries(html)  # a markdown solution
+    assert "Solution 3.1" in _summaries(html)  # an answer in words
     assert "<details open" not in html
 
 
-def test_a_code_solution_is_shown_only_by_its_stored_element():
-    def cell(source, outputs):
-        return {"cell_type": "code", "source": source, "outputs": outputs, "metadata": {"tags": ["solution"]}}
+def test_a_solution_is_shown_as_its_closed_parts_in_their_order():
+    from flowlib.book.solutions import parse_answers
 
-    element = [{"output_type": "display_data", "data": {"text/html": "<details>...</details>"}, "metadata": {}}]
-    shown = site_build.show_solution_collapsed(cell('# Solution 4.1\nsolution("4.1")', element), "Solution 4.1")
-    assert "remove-input" in shown["metadata"]["tags"]
-    with pytest.raises(ValueError, match="without its output"):
-        site_build.show_solution_collapsed(cell('# Solution 4.1\nsolution("4.1")', []), "Solution 4.1")
-    with pytest.raises(ValueError, match="chapters/solutions/.*print"):  # its answer would be in the page's source
-        site_build.show_solution_collapsed(cell("# Solution 4.1\nprint(2)", element), "Solution 4.1")
+    answers = parse_answers("## Solution 4.5\n\nBefore the code.\n\n## Solution 4.5, discussion\n\nAfter it.\n")
+    element = [{"output_type": "display_data", "data": {"text/html": ["<details>...</details>"]}, "metadata": {}}]
+
+    def cell(source, kept=None, cell_type="code"):
+        meta = {"tags": ["solution"], **({"solution_output": kept} if kept else {})}
+        return {"cell_type": cell_type, "id": "c", "source": source, "outputs": [], "metadata": meta}
+
+    words, code, after = site_build.show_solution_collapsed(cell('# Solution 4.5\nsolution("4.5")', element), answers)
+    assert words["source"].startswith('<details class="solution">\n<summary>Solution 4.5</summary>\n\nBefore')
+    assert after["source"].startswith('<details class="solution">\n<summary>Solution 4.5, discussion</summary>')
+    assert code["outputs"] == element and "remove-input" in code["metadata"]["tags"]
+    assert "solution_output" not in code["metadata"]
+    # chapter 4's solutions file holds code for 4.5: stored without its element, the site would show nothing of it
+    with pytest.raises(ValueError, match="without the output of its code"):
+        site_build.show_solution_collapsed(cell('# Solution 4.5\nsolution("4.5")'), {})
+    for refused in (cell("# Solution 4.1\nprint(2)", element), cell("**Solution 4.1.** It is 2.", cell_type="markdown")):
+        with pytest.raises(ValueError, match="chapters/solutions/"):  # its answer would be in the page's source
+            site_build.show_solution_collapsed(refused, answers)
 
 
 def test_a_solution_kept_in_its_file_shows_only_its_closed_element(built):

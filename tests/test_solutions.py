@@ -1,5 +1,6 @@
-"""The code solutions kept in ``chapters/solutions/`` (flowlib.book.solutions): run where they are called, shown
-only inside a closed element, and stored from the code the files hold now.
+"""The solutions kept in ``chapters/solutions/`` (flowlib.book.solutions): answers in words (``NN-*.md``) and
+code (``NN-*.py``), shown only inside closed elements where they are called, stored from the files as they are
+now, and nothing of them in any view of a stored chapter (GitHub shows sources and outputs).
 
 The chapters' nbval run executes every ``solution("N.K")`` cell in the chapter's namespace; these tests check
 the stored chapters and files against each other, and the runner's behaviour on a failing or drawing solution.
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from flowlib.book.solutions import (CALL, SolutionSection, parse_solutions, run_solution, solution,
-                                    solution_html, solutions_file)
+from flowlib.book.solutions import (CALL, SolutionSection, answer_bundle, parse_answers, parse_solutions,
+                                    run_solution, solution, solution_html, solutions_file)
 
 CHAPTERS_DIR = Path(__file__).resolve().parent.parent / "chapters"
 SOLUTIONS_DIR = CHAPTERS_DIR / "solutions"
 SOLUTION_FILES = sorted(SOLUTIONS_DIR.glob("[0-9][0-9]-*.py"))
+ANSWER_FILES = sorted(SOLUTIONS_DIR.glob("[0-9][0-9]-*.md"))
 
 
 def _source(cell: dict) -> str:
@@ -44,9 +46,46 @@ def test_a_chapter_calls_each_of_its_solutions_once_in_order(path: Path):
     assert all(called), (f"{chapter.name}: every code solution calls solution('N.K') once its code is in "
                          f"{path.name}; these do not: {[_source(c)[:40] for c, m in zip(cells, called) if not m]}")
     sections = parse_solutions(path.read_text(encoding="utf-8"), str(path))
-    assert [m.group(1) for m in called] == list(sections)
+    words = path.with_suffix(".md")
+    answers = parse_answers(words.read_text(encoding="utf-8"), str(words)) if words.exists() else {}
+    labels = sorted(set(sections) | set(answers), key=lambda label: int(label.split(".")[1]))
+    assert [m.group(1) for m in called] == labels
     number = int(path.name[:2])
-    assert all(label.startswith(f"{number}.") for label in sections), f"{path.name} holds another chapter's solution"
+    assert all(label.startswith(f"{number}.") for label in labels), f"{path.name} holds another chapter's solution"
+
+
+@pytest.mark.parametrize("path", ANSWER_FILES, ids=lambda p: p.stem)
+def test_each_answers_file_belongs_to_a_chapter_and_its_solutions_file(path: Path):
+    assert (CHAPTERS_DIR / (path.stem + ".ipynb")).exists(), f"{path.name} belongs to no chapter"
+    answers = parse_answers(path.read_text(encoding="utf-8"), str(path))
+    assert answers, f"{path.name} holds no '## Solution N.K' section"
+    for label, parts in answers.items():
+        assert label.startswith(f"{int(path.name[:2])}."), f"{path.name} holds another chapter's solution {label}"
+        assert sum(p.before_code for p in parts) <= 1, f"{path.name}: solution {label} has two parts before its code"
+
+
+@pytest.mark.parametrize("path", SOLUTION_FILES, ids=lambda p: p.stem)
+def test_nothing_of_an_answer_shows_in_a_stored_chapter(path: Path):
+    """What GitHub, nbconvert and JupyterLab show of a stored chapter (cell sources and outputs, whatever the
+    metadata say) holds no answer in words, no solution's code and no solution's output."""
+    chapter = json.loads((CHAPTERS_DIR / (path.stem + ".ipynb")).read_text(encoding="utf-8"))
+    shown = []
+    for cell in chapter["cells"]:
+        shown.append(_source(cell))
+        for output in cell.get("outputs", []):
+            shown.append(json.dumps(output))
+            shown += ["".join(v) if isinstance(v, list) else str(v) for v in output.get("data", {}).values()]
+            shown.append("".join(output.get("text", "")))
+    shown = " ".join(" ".join(shown).split())  # whitespace folded
+    words = path.with_suffix(".md")
+    answers = parse_answers(words.read_text(encoding="utf-8"), str(words)) if words.exists() else {}
+    for label, parts in answers.items():
+        for part in parts:
+            assert " ".join(part.text.split())[:60] not in shown, f"{part.summary}'s answer shows in the chapter"
+    for label, section in parse_solutions(path.read_text(encoding="utf-8"), str(path)).items():
+        assert " ".join(section.code.split()) not in shown, f"solution {label}'s code shows in the chapter"
+    for cell in _solution_cells(CHAPTERS_DIR / (path.stem + ".ipynb")):
+        assert cell["outputs"] == [], f"{_source(cell)!r} is stored with outputs, which every view shows"
 
 
 @pytest.mark.parametrize("path", SOLUTION_FILES, ids=lambda p: p.stem)
@@ -56,7 +95,10 @@ def test_each_stored_solution_is_closed_and_shows_the_code_of_its_file(path: Pat
     sections = parse_solutions(path.read_text(encoding="utf-8"), str(path))
     for cell in _solution_cells(CHAPTERS_DIR / (path.stem + ".ipynb")):
         label = CALL.fullmatch(_source(cell)).group(1)
-        outputs = cell["outputs"]
+        if label not in sections:
+            assert "solution_output" not in cell["metadata"], f"solution {label} has no code, yet stores its output"
+            continue
+        outputs = cell["metadata"].get("solution_output", [])
         assert [o["output_type"] for o in outputs] == ["display_data"], f"solution {label} stored {outputs}"
         shown = "".join(outputs[0]["data"]["text/html"])
         assert shown.startswith(f'<details class="solution"><summary>Solution {label} (click to show the code and '
@@ -74,6 +116,24 @@ def test_solutions_print_and_draw_into_their_element(path: Path):
     # plt.show(), fig.show() and display() would put their output outside the closed element, in view.
     text = path.read_text(encoding="utf-8")
     assert not re.search(r"\.show\(|\bdisplay\(", text), f"{path.name}: a solution shows something outside its element"
+
+
+def test_bad_answers_files_are_named():
+    with pytest.raises(ValueError, match="line 4: expected a heading '## Solution N.K'.*'### Solution 1.2'"):
+        parse_answers("## Solution 1.1\n\nOne.\n### Solution 1.2\n\nTwo.\n")
+    with pytest.raises(ValueError, match="line 1: .*'## Solution 1.1.'"):  # a stray dot would make it text
+        parse_answers("## Solution 1.1.\n\nOne.\n")
+    with pytest.raises(ValueError, match="'Solution 1.1' appears twice"):
+        parse_answers("## Solution 1.1\n\nOne.\n\n## Solution 1.1\n\nAgain.\n")
+    with pytest.raises(ValueError, match="'Solution 1.1, discussion' in .* has no text"):
+        parse_answers("## Solution 1.1, discussion\n\n## Solution 1.2\n\nTwo.\n")
+    intro = "# Solutions\n\nThe solutions of a chapter.\n\n## Solution 1.1, what it shows\n\nOne.\n"
+    (part,) = parse_answers(intro)["1.1"]
+    assert (part.summary, part.text, part.before_code) == ("Solution 1.1, what it shows", "One.", False)
+    bundle = answer_bundle(part, "chapters/solutions/01-x.md")
+    assert bundle == {"text/markdown": "<details><summary>Solution 1.1, what it shows (click to show)</summary>"
+                                       "\n\nOne.\n\n</details>",
+                      "text/plain": "Solution 1.1, what it shows: in chapters/solutions/01-x.md"}
 
 
 def test_a_failing_solution_raises_at_its_line_of_the_file_after_printing(tmp_path, capsys):
@@ -135,6 +195,10 @@ def notebook(monkeypatch, tmp_path):
     IPython = pytest.importorskip("IPython")
     folder = tmp_path / "solutions"
     folder.mkdir()
+    (folder / "03-a-chapter.md").write_text("# Answers\n\n## Solution 3.1\n\nDouble it.\n\n"
+                                            "## Solution 3.1, discussion\n\nAs printed.\n\n"
+                                            "## Solution 3.2, discussion\n\nIt fails.\n\n"
+                                            "## Solution 3.3\n\nIn words alone.\n")
     (folder / "03-a-chapter.py").write_text('"""Solutions."""\n\n# %% Solution 3.1\nanswer = question * 2\n'
                                             'print(answer)\nprint("a warning", file=sys.stderr)\n\n'
                                             '# %% Solution 3.2\nprint("half done")\nanswer = 1 / 0\n')
@@ -155,7 +219,10 @@ def test_solution_runs_in_the_notebooks_namespace_and_replaces_its_status_line(n
     namespace, handles = notebook
     solution("3.1")
     assert namespace["answer"] == 42
-    (handle,) = handles
+    before, handle, after = handles  # the answer in words before the code, the code, the discussion after it
+    assert before.shown == [answer_bundle(parse_answers("## Solution 3.1\n\nDouble it.")["3.1"][0],
+                                          "chapters/solutions/03-a-chapter.md")]
+    assert after.shown[0]["text/markdown"].startswith("<details><summary>Solution 3.1, discussion (click to show)")
     assert handle.shown[0] == {"text/plain": "Solution 3.1: running"}
     final = handle.shown[-1]
     assert final["text/html"].startswith('<details class="solution"><summary>Solution 3.1 (click to show')
@@ -166,8 +233,18 @@ def test_a_failing_solution_says_so_and_raises(notebook, capsys):
     namespace, handles = notebook
     with pytest.raises(ZeroDivisionError):
         solution("3.2")
-    assert handles[-1].shown[-1] == {"text/plain": "Solution 3.2: failed (the error is below)"}
+    code, after = handles  # the discussion after the code is shown all the same, above the error
+    assert code.shown[-1] == {"text/plain": "Solution 3.2: failed (the error is below)"}
+    assert "It fails." in after.shown[0]["text/markdown"]
     assert capsys.readouterr().out == "half done\n"
+
+
+def test_a_solution_in_words_alone_is_shown_and_a_missing_one_is_named(notebook):
+    namespace, handles = notebook
+    solution("3.3")
+    assert len(handles) == 1 and "In words alone." in handles[0].shown[0]["text/markdown"]
+    with pytest.raises(ValueError, match=r"expected solution 3\.4 in .*03-a-chapter\.py or .*03-a-chapter\.md"):
+        solution("3.4")
 
 
 def test_outside_ipython_it_prints_the_code_and_output(monkeypatch, tmp_path, capsys):

@@ -26,17 +26,17 @@ JupyterLab keeps as they are:
   returns applied as a terminal would (what JupyterLab shows, and stores when
   it runs a cell itself);
 * no widget state (``metadata.widgets``): the widget cells store a picture;
-* solutions (cells tagged ``solution``) reveal nothing until asked
-  (`collapse_solutions`): a markdown solution is one ``<details>`` element
-  whose summary reads "Solution 4.2 (click to show)", closed in JupyterLab and
-  in nbconvert's HTML, with the Markdown and math inside rendered
-  once opened. A code solution whose cell only calls ``solution("4.2")``
-  (`flowlib.book.solutions`: the code lives in ``chapters/solutions/``) shows
-  its two lines and its output, itself a closed ``<details>`` element (how
-  GitHub's notebook view treats that element is not checked here: it is
-  reported to show what is inside). A code solution written into its own
-  cell is refused: GitHub and plain nbconvert show every code cell's source
-  and outputs, hidden or not, so it would give its answer away.
+* solutions (cells tagged ``solution``) reveal nothing in any view
+  (`store_solutions`): a solution's cell only calls ``solution("4.2")``
+  (`flowlib.book.solutions`: the answers live in ``chapters/solutions/``)
+  and is stored without output, so JupyterLab, nbconvert and GitHub show its
+  two lines alone until the reader runs it. The element its code part
+  showed when the chapter ran is kept in the cell's metadata,
+  ``solution_output``, which no view shows, for the book's website. A
+  solution written into its cell, in words or in code, is refused: GitHub
+  shows a markdown cell's text and a code cell's source and outputs whatever
+  the cell's metadata say, and whether it keeps a ``<details>`` element
+  closed cannot be relied on.
 
 ``python -m flowlib.book.notebook_format [--check] NOTEBOOK ...`` rewrites
 notebooks in this form (atomically, only those that change); with
@@ -97,14 +97,14 @@ from pathlib import Path
 from ..files import write_atomically
 from .solutions import CALL, call_source
 
-__all__ = ["KERNELSPEC", "jupyterlab_form", "collapse_solutions", "format_notebook", "dumps", "format_file",
-           "replace_file"]
+__all__ = ["KERNELSPEC", "SOLUTION_OUTPUT", "jupyterlab_form", "store_solutions", "format_notebook", "dumps",
+           "format_file", "replace_file"]
 
 #: The ``kernelspec`` JupyterLab writes for ipykernel's ``python3`` kernel once it starts.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 SOLUTION_TAG = "solution"
-#: The label of a markdown solution: its first line, ``**Solution 4.4, continued.**`` and the like.
-_LABEL = re.compile(r"Solution (\d+\.\d+)\.?\s*(.*?)\.?")
+#: The cell metadata that keeps what a solution's code part showed when its chapter ran (no view shows it).
+SOLUTION_OUTPUT = "solution_output"
 # Strings nbformat stores as lists of lines: sources, stream text, and these outputs (plus every text/*).
 _SPLIT_MIMES = ("application/javascript", "image/svg+xml")
 
@@ -179,34 +179,6 @@ def jupyterlab_form(nb: dict) -> dict:
     return nb
 
 
-def _summary(first_line: str) -> str:
-    """``"Solution 4.4, continued"`` from a label line such as ``**Solution 4.4, continued.**``.
-
-    >>> [_summary(s) for s in ("**Solution 4.1.**", "**Solution 7.2** (discussion).",
-    ...                        "**Solution 1.5 (reading the numbers).**", "**Solution 9.2, continued.**")]
-    ['Solution 4.1', 'Solution 7.2, discussion', 'Solution 1.5, reading the numbers', 'Solution 9.2, continued']
-    """
-    match = _LABEL.fullmatch(first_line.replace("**", "").strip())
-    if match is None:
-        raise ValueError(f"a markdown solution must start with its label ('**Solution N.M.**'), not {first_line!r}")
-    qualifier = match.group(2).strip()
-    if qualifier.startswith("(") and qualifier.endswith(")"):
-        qualifier = qualifier[1:-1]
-    qualifier = qualifier.lstrip(", ").strip()
-    return f"Solution {match.group(1)}" + (f", {qualifier}" if qualifier else "")
-
-
-def _collapsed_markdown(source: str) -> str:
-    """A markdown solution's source inside ``<details>``: the summary alone shows until it is opened."""
-    if source.startswith("<details>"):
-        return source  # already collapsed
-    first, _, body = source.partition("\n")
-    # An HTML block ends at a blank line, so the body between the tags is read as Markdown (math included)
-    # by JupyterLab, nbconvert and GitHub alike.
-    return (f"<details><summary>{_summary(first)} (click to show)</summary>\n\n"
-            f"{body.strip()}\n\n</details>")
-
-
 def _shown(meta: dict) -> None:
     """Unhide a cell's source and outputs: remove ``collapsed``, ``source_hidden`` and ``outputs_hidden``."""
     meta.pop("collapsed", None)
@@ -215,51 +187,64 @@ def _shown(meta: dict) -> None:
         meta["jupyter"] = jupyter
 
 
-def collapse_solutions(nb: dict) -> dict:
-    """A copy of ``nb`` whose solution cells reveal nothing until the reader asks.
+def _kept(output: dict) -> dict:
+    """A solution's output as its metadata keeps it: text as a list of lines (so a diff shows the lines)."""
+    output = copy.deepcopy(output)
+    for mime, value in output.get("data", {}).items():
+        if mime.startswith("text/"):
+            output["data"][mime] = _text(value).splitlines(True)
+    return output
 
-    A markdown solution becomes one closed ``<details>`` element (its source
-    no longer hidden: JupyterLab renders the element, and would show a hidden
-    cell's first line as raw text); a code solution that calls
-    ``solution("N.K")`` is left open (its output is the closed element); a
-    code solution with its code in the cell is refused (`ValueError`).
-    Idempotent.
 
-    >>> cell = {"cell_type": "markdown", "id": "s", "source": "**Solution 4.2.**\\n\\nIt is $\\\\ln 2$.",
-    ...         "metadata": {"tags": ["solution"], "jupyter": {"source_hidden": True, "outputs_hidden": True}}}
-    >>> out = collapse_solutions({"cells": [cell]})["cells"][0]
-    >>> print(out["source"])
-    <details><summary>Solution 4.2 (click to show)</summary>
-    <BLANKLINE>
-    It is $\\ln 2$.
-    <BLANKLINE>
-    </details>
-    >>> out["metadata"]
-    {'tags': ['solution']}
+def store_solutions(nb: dict) -> dict:
+    """A copy of ``nb`` whose solution cells reveal nothing in any view (see the module docstring).
+
+    A solution cell must hold only ``# Solution N.K`` and ``solution("N.K")``
+    (else `ValueError`); it is stored shown, without outputs. When it holds
+    outputs (its chapter has just run), those of its code part move into its
+    metadata's ``solution_output``; its answers in words (Markdown outputs) are
+    dropped, as they are read from their file again. Idempotent.
+
+    >>> element = {"output_type": "display_data", "metadata": {},
+    ...            "data": {"text/html": "<details><summary>Solution 4.2 (click to show ...)</summary>\\n42</details>",
+    ...                     "text/plain": "Solution 4.2: its code is in chapters/solutions/04-x.py"}}
+    >>> words = {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": "<details>...</details>"}}
+    >>> cell = {"cell_type": "code", "id": "s", "execution_count": 7, "source": '# Solution 4.2\\nsolution("4.2")',
+    ...         "metadata": {"tags": ["solution"]}, "outputs": [words, element]}
+    >>> out = store_solutions({"cells": [cell]})["cells"][0]
+    >>> out["outputs"], out["metadata"]["solution_output"][0]["data"]["text/html"]
+    ([], ['<details><summary>Solution 4.2 (click to show ...)</summary>\\n', '42</details>'])
+    >>> store_solutions({"cells": [out]})["cells"][0] == out
+    True
     """
     nb = copy.deepcopy(nb)
     for cell in nb["cells"]:
         meta = cell.setdefault("metadata", {})
         if SOLUTION_TAG not in meta.get("tags", []):
             continue
-        if cell["cell_type"] == "markdown":
-            cell["source"] = _collapsed_markdown(_text(cell["source"]))
-            _shown(meta)
-        elif cell["cell_type"] == "code" and CALL.fullmatch(_text(cell["source"])):
-            _shown(meta)
-        elif cell["cell_type"] == "code":
-            label = re.match(r"# Solution (\d+\.\d+)", _text(cell["source"]))
+        source = _text(cell["source"])
+        if cell["cell_type"] != "code" or not CALL.fullmatch(source):
+            label = re.search(r"Solution (\d+\.\d+)", source)
             label = label.group(1) if label else "N.K"
             raise ValueError(
-                f"a code solution's cell holds only {call_source(label)!r}, its code kept in "
+                f"a solution's cell holds only {call_source(label)!r}: its answer in words goes into "
+                f"chapters/solutions/NN-<chapter>.md under '## Solution {label}', its code into "
                 f"chapters/solutions/NN-<chapter>.py under '# %% Solution {label}' (flowlib.book.solutions); "
-                f"got {_text(cell['source'])[:80]!r}")
+                f"got a {cell['cell_type']} cell {source[:80]!r}")
+        _shown(meta)
+        if cell.get("outputs"):
+            shown = [_kept(o) for o in cell["outputs"] if "text/markdown" not in o.get("data", {})]
+            if shown:
+                meta[SOLUTION_OUTPUT] = shown
+            else:
+                meta.pop(SOLUTION_OUTPUT, None)
+        cell["outputs"] = []
     return nb
 
 
 def format_notebook(nb: dict) -> dict:
-    """The stored form of ``nb``: solutions collapsed, then JupyterLab's form. Idempotent."""
-    return jupyterlab_form(collapse_solutions(nb))
+    """The stored form of ``nb``: solutions stored without output, then JupyterLab's form. Idempotent."""
+    return jupyterlab_form(store_solutions(nb))
 
 
 def _split_lines(nb: dict) -> dict:
@@ -326,7 +311,7 @@ def format_file(path: Path, check: bool = False) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowlib.book.notebook_format",
                                      description="Store notebooks in the form JupyterLab writes back, "
-                                                 "solutions collapsed (nothing is executed).")
+                                                 "solutions stored without output (nothing is executed).")
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a notebook would change")
     args = parser.parse_args(argv)

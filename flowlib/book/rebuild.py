@@ -13,7 +13,7 @@ It works on the checkout it is started in (``run.py`` starts it there;
 ``--book`` names another).
 
 Each chapter is stored in the form of `flowlib.book.notebook_format` (what
-JupyterLab writes back, solutions collapsed, no widget state). Nothing is
+JupyterLab writes back, solutions stored without output, no widget state). Nothing is
 half written: a chapter that fails leaves its notebook and figures as they
 were, and each file is replaced atomically, keeping its permissions
 (`flowlib.book.notebook_format.replace_file`).
