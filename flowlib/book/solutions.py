@@ -141,13 +141,19 @@ def solutions_file(chapter: int, folders: list[Path] | None = None, suffix: str 
     first of `solutions_folders` that holds one."""
     folders = solutions_folders() if folders is None else folders
     for folder in folders:
-        found = sorted(folder.glob(f"{chapter:02d}-*{suffix}"))
-        if len(found) > 1:
-            raise ValueError(f"expected one solutions file {chapter:02d}-*{suffix} in {folder}, found {len(found)}")
-        if found:
-            return found[0]
+        found = _one_file(folder, chapter, suffix)
+        if found is not None:
+            return found
     raise ValueError(f"expected a solutions file {chapter:02d}-*{suffix} in {' or '.join(map(str, folders))}; "
                      f"found none (run the chapter from the book's chapters/ folder)")
+
+
+def _one_file(folder: Path, chapter: int, suffix: str) -> Path | None:
+    """``folder``'s ``NN-*<suffix>`` for chapter ``chapter``, None if it has none (`ValueError` if several)."""
+    found = sorted(folder.glob(f"{chapter:02d}-*{suffix}"))
+    if len(found) > 1:
+        raise ValueError(f"expected one solutions file {chapter:02d}-*{suffix} in {folder}, found {len(found)}")
+    return found[0] if found else None
 
 
 def parse_solutions(text: str, path: str = "<solutions>") -> dict[str, SolutionSection]:
@@ -290,16 +296,9 @@ def _files(chapter: int) -> tuple[Path | None, Path | None]:
     that holds either (so a chapter's copy never mixes its own files with the book's)."""
     folders = solutions_folders()
     for folder in folders:
-        found = []
-        for suffix in (".py", ".md"):
-            try:
-                found.append(solutions_file(chapter, [folder], suffix))
-            except ValueError as error:
-                if "found none" not in str(error):
-                    raise
-                found.append(None)
-        if any(found):
-            return found[0], found[1]
+        code, words = _one_file(folder, chapter, ".py"), _one_file(folder, chapter, ".md")
+        if code is not None or words is not None:
+            return code, words
     raise ValueError(f"expected a solutions file {chapter:02d}-*.py or {chapter:02d}-*.md in "
                      f"{' or '.join(map(str, folders))}; found none (run the chapter from the book's chapters/ "
                      f"folder)")
