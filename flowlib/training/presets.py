@@ -49,8 +49,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # 1.722 valid bits/dim against 1.847 for 1e-3 and 2.088 for 48 channels (one seed,
     # benchmarks/results/preset_candidates-realnvp.md). The earlier fp32 preset (4 epochs at lr 1e-3) reached
     # 1.538 test bits/dim (results/realnvp-mnist-cpu-fp32.json); bf16 at lr 1e-3 for 7 epochs 1.464
-    # (results/realnvp-mnist-cpu-bf16-e7.json). This preset, seed 0: 1.397 in 38.0 min on the AMD EPYC
-    # (results/realnvp-mnist-cpu.json; its epochs took 269-369 s that day, against 235-285 s on an earlier one).
+    # (results/realnvp-mnist-cpu-bf16-e7.json). This preset on the AMD EPYC: 1.397, 1.403 and 1.372 for seeds 0, 1
+    # and 2 (1.391 +- 0.016) in 38.0, 30.8 and 33.8 min (results/realnvp-mnist-cpu{,-seed1,-seed2}.json; its
+    # epochs took 245-369 s, slower where other work shared the cores).
     ("realnvp", "cpu"): dict(epochs=7, batch_size=64, lr=2e-3, weight_decay=5e-5, clip_grad=100.0,
                              schedule="cosine",
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
