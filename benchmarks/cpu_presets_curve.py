@@ -8,6 +8,7 @@ baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-fp
 preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json``: the same with a constant
 learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
 ``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager;
+``results/glow-mnist-cpu-lr2e-3.json``: the Glow preset at lr 2e-3, a candidate;
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib) are drawn dashed beside the preset's runs.
 
@@ -41,7 +42,8 @@ COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "resu
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
                             ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"},
-            "Glow": {"earlier preset: fp32,\n10 epochs, eager": ROOT / "results" / "glow-mnist-cpu-fp32.json"}}
+            "Glow": {"earlier preset: fp32,\n10 epochs, eager": ROOT / "results" / "glow-mnist-cpu-fp32.json",
+                     "the preset at lr 2e-3\n(a candidate, seed 0)": ROOT / "results" / "glow-mnist-cpu-lr2e-3.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 TEMPERATURE = 0.7
 
@@ -126,10 +128,23 @@ def main(argv: list[str] | None = None) -> int:
                     alpha=max(0.3, 1 - 0.25 * k),
                     label=f"validation, seed {seed} (test {run['test_bpd']:.3f})")
         ax.axhline(statistics.mean(tests), color="C1", ls="--", label=f"test (best epoch): {spread(tests)}")
-        for k, (what, other_path) in enumerate(COMPARED.get(name, {}).items()):
-            other = json.loads(other_path.read_text())
+        shown = [h["valid_bpd"] for run in runs.values() for h in run["history"]]
+        compared = {what: json.loads(path.read_text()) for what, path in COMPARED.get(name, {}).items()}
+        for k, (what, other) in enumerate(compared.items()):
             ax.plot([h["seconds"] / 60 for h in other["history"]], [h["valid_bpd"] for h in other["history"]],
                     "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
+        # A compared run's spike more than the preset curves' span above them would squash every curve: the y-axis
+        # stops below it, and its value is written at the top.
+        low = min(shown + [h["valid_bpd"] for other in compared.values() for h in other["history"]])
+        cut = max(shown) + (max(shown) - low)
+        kept = shown + [h["valid_bpd"] for other in compared.values() for h in other["history"] if h["valid_bpd"] <= cut]
+        top = max(kept) + 0.05 * (max(kept) - low)
+        ax.set_ylim(low - 0.05 * (max(kept) - low), top)
+        for k, other in enumerate(compared.values()):
+            for h in other["history"]:
+                if h["valid_bpd"] > cut:
+                    ax.annotate(f"{h['valid_bpd']:.2f} (off the axis)", (h["seconds"] / 60, top), xytext=(4, -10),
+                                textcoords="offset points", fontsize=8, color=f"C{4 + k}")
         if name == "NICE":
             ax.axhline(4.85, color="C3", ls=":", label="per-pixel baseline (ch. 4): 4.85")
         ax.set_title(f"{name}, cpu preset: {runs[0]['device']}, {runs[0]['precision']}", fontsize=9)
