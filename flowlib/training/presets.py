@@ -70,7 +70,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # preset, seed 0, 1.423 in 37.3 min on the AMD EPYC (results/glow-mnist-cpu.json), its validation flat over
     # its last 4 epochs: short of the 1.35 the budget is meant to reach. lr 2e-3 won at equal time (5 min, one seed:
     # benchmarks/results/preset_candidates-glow.md) and reached 1.363 over the full 16 epochs in 27.7 min (seed 0,
-    # results/glow-mnist-cpu-lr2e-3.json); the preset moves to it once more seeds confirm it.
+    # results/glow-mnist-cpu-lr2e-3.json), 1.330 with seed 1 (27.9 min, results/glow-mnist-cpu-lr2e-3-seed1.json);
+    # the preset moves to it once a third seed confirms it.
     ("glow", "cpu"): dict(epochs=16, batch_size=64, lr=1e-3, clip_grad=100.0, schedule="cosine", compile=True,
                           model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
     ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
