@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
         # A compared run's spike more than the preset curves' span above them would squash every curve: the y-axis
         # stops below it, and its value is written at the top.
-        low = min(shown + [h["valid_bpd"] for other in compared.values() for h in other["history"]])
+        others = [h["valid_bpd"] for other in compared.values() for h in other["history"]]
+        low = min(shown + others)
         cut = max(shown) + (max(shown) - low)
-        kept = shown + [h["valid_bpd"] for other in compared.values() for h in other["history"] if h["valid_bpd"] <= cut]
+        kept = shown + [v for v in others if v <= cut]
         top = max(kept) + 0.05 * (max(kept) - low)
         ax.set_ylim(low - 0.05 * (max(kept) - low), top)
         for k, other in enumerate(compared.values()):

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from flowlib.book.notebook_format import SOLUTION_OUTPUT
-from flowlib.book.solutions import CALL, Answer, parse_answers, parse_solutions
+from flowlib.book.solutions import CALL, Answer, parse_answers, parse_solutions, solutions_file_in
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -66,8 +66,8 @@ def chapter_files() -> list[Path]:
 
 def answers_in_words(chapter: int, folder: Path = SOLUTIONS) -> dict[str, list[Answer]]:
     """Chapter ``chapter``'s answers in words (``NN-*.md`` in ``folder``), by label; none without that file."""
-    found = sorted(folder.glob(f"{chapter:02d}-*.md"))
-    return parse_answers(found[0].read_text(encoding="utf-8"), str(found[0])) if found else {}
+    found = solutions_file_in(folder, chapter, ".md")
+    return parse_answers(found.read_text(encoding="utf-8"), str(found)) if found else {}
 
 
 def _answer_cell(answer: Answer, cell_id: str) -> dict:
@@ -87,7 +87,7 @@ def show_solution_collapsed(cell: dict, answers: dict[str, list[Answer]]) -> lis
                          f"{source[:80]!r}")
     label = match.group(1)
     words = answers.get(label, [])
-    stored = cell["metadata"].get(SOLUTION_OUTPUT) or cell.get("outputs")
+    stored = cell["metadata"].get(SOLUTION_OUTPUT)
     shown = [_answer_cell(a, f"{cell['id']}-words-{k}") for k, a in enumerate(words) if a.before_code]
     if stored:
         code = {**cell, "outputs": stored, "metadata": {**cell["metadata"]}}
@@ -102,8 +102,8 @@ def show_solution_collapsed(cell: dict, answers: dict[str, list[Answer]]) -> lis
 
 
 def _code_labels(chapter: int) -> set[str]:
-    found = sorted(SOLUTIONS.glob(f"{chapter:02d}-*.py"))
-    return set(parse_solutions(found[0].read_text(encoding="utf-8"), str(found[0]))) if found else set()
+    found = solutions_file_in(SOLUTIONS, chapter, ".py")
+    return set(parse_solutions(found.read_text(encoding="utf-8"), str(found))) if found else set()
 
 
 def without_widget_views(cell: dict) -> dict:

@@ -187,12 +187,17 @@ def _shown(meta: dict) -> None:
         meta["jupyter"] = jupyter
 
 
+def _split_bundle(bundle: dict) -> None:
+    """Split a MIME bundle's multi-line strings into lists of lines in place, as nbformat's writer does."""
+    for mime, value in bundle.items():
+        if isinstance(value, str) and (mime.startswith("text/") or mime in _SPLIT_MIMES):
+            bundle[mime] = value.splitlines(True)
+
+
 def _kept(output: dict) -> dict:
     """A solution's output as its metadata keeps it: text as a list of lines (so a diff shows the lines)."""
     output = copy.deepcopy(output)
-    for mime, value in output.get("data", {}).items():
-        if mime.startswith("text/"):
-            output["data"][mime] = _text(value).splitlines(True)
+    _split_bundle(output.get("data", {}))
     return output
 
 
@@ -250,20 +255,14 @@ def format_notebook(nb: dict) -> dict:
 def _split_lines(nb: dict) -> dict:
     """Multi-line strings as lists of lines, where nbformat's writer splits them (``v4.rwbase.split_lines``)."""
     nb = copy.deepcopy(nb)
-
-    def split_bundle(bundle: dict) -> None:
-        for mime, value in bundle.items():
-            if isinstance(value, str) and (mime.startswith("text/") or mime in _SPLIT_MIMES):
-                bundle[mime] = value.splitlines(True)
-
     for cell in nb["cells"]:
         if isinstance(cell.get("source"), str):
             cell["source"] = cell["source"].splitlines(True)
         for bundle in cell.get("attachments", {}).values():
-            split_bundle(bundle)
+            _split_bundle(bundle)
         for output in cell.get("outputs", []):
             if output.get("output_type") in ("execute_result", "display_data"):
-                split_bundle(output.get("data", {}))
+                _split_bundle(output.get("data", {}))
             elif output.get("output_type") == "stream" and isinstance(output.get("text"), str):
                 output["text"] = output["text"].splitlines(True)
     return nb

@@ -72,7 +72,7 @@ from typing import Any
 from .readability import check_readable
 
 __all__ = ["SolutionSection", "SolutionRun", "Answer", "CALL", "call_source", "solutions_folders", "solutions_file",
-           "parse_solutions", "parse_answers", "run_solution", "solution_html", "answer_bundle", "solution"]
+           "solutions_file_in", "parse_solutions", "parse_answers", "run_solution", "solution_html", "answer_bundle", "solution"]
 
 #: The line that opens a solution's section in a solutions file.
 SECTION = re.compile(r"^# %% Solution (\d+\.\d+)[ \t]*$", re.M)
@@ -141,15 +141,19 @@ def solutions_file(chapter: int, folders: list[Path] | None = None, suffix: str 
     first of `solutions_folders` that holds one."""
     folders = solutions_folders() if folders is None else folders
     for folder in folders:
-        found = _one_file(folder, chapter, suffix)
+        found = solutions_file_in(folder, chapter, suffix)
         if found is not None:
             return found
     raise ValueError(f"expected a solutions file {chapter:02d}-*{suffix} in {' or '.join(map(str, folders))}; "
                      f"found none (run the chapter from the book's chapters/ folder)")
 
 
-def _one_file(folder: Path, chapter: int, suffix: str) -> Path | None:
-    """``folder``'s ``NN-*<suffix>`` for chapter ``chapter``, None if it has none (`ValueError` if several)."""
+def solutions_file_in(folder: Path, chapter: int, suffix: str = ".py") -> Path | None:
+    """``folder``'s ``NN-*<suffix>`` for chapter ``chapter``, None if it has none (`ValueError` if several).
+
+    >>> solutions_file_in(Path(__file__).parents[2] / "chapters" / "solutions", 4, ".md").name
+    '04-images-as-data.md'
+    """
     found = sorted(folder.glob(f"{chapter:02d}-*{suffix}"))
     if len(found) > 1:
         raise ValueError(f"expected one solutions file {chapter:02d}-*{suffix} in {folder}, found {len(found)}")
@@ -296,7 +300,7 @@ def _files(chapter: int) -> tuple[Path | None, Path | None]:
     that holds either (so a chapter's copy never mixes its own files with the book's)."""
     folders = solutions_folders()
     for folder in folders:
-        code, words = _one_file(folder, chapter, ".py"), _one_file(folder, chapter, ".md")
+        code, words = solutions_file_in(folder, chapter, ".py"), solutions_file_in(folder, chapter, ".md")
         if code is not None or words is not None:
             return code, words
     raise ValueError(f"expected a solutions file {chapter:02d}-*.py or {chapter:02d}-*.md in "
