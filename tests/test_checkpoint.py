@@ -198,3 +198,19 @@ def test_flowlib_data_naming_a_file_says_so(tmp_path: Path, monkeypatch: pytest.
         load_mnist("test", download=False)
     assert cli.main(["nice", "--preset", "quick", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "is a file, not a folder" in _one_line_error(capsys)
+
+
+def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    seen = []
+
+    def record(config: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise OSError("recorded")
+
+    monkeypatch.setattr(cli, "train", record)
+    assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "5e-5"]) == 4
+    assert seen[0].weight_decay == 5e-5 and seen[0].out_dir.endswith("nice-mnist-cpu-wd5e-05")
+    capsys.readouterr()
+    assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "-1"]) == 2
+    assert "weight_decay must be a finite number >= 0, got -1.0" in _one_line_error(capsys)

@@ -40,7 +40,7 @@ assert torch.allclose(normal_start.log_q(u_points, x_points), closed.sum())
 eps = torch.randn(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 u_samples = torch.sigmoid(eps)
 kl = (torch.distributions.Normal(0.0, 1.0).log_prob(eps) - torch.log(u_samples * (1 - u_samples))).mean().item()
-print(f"    KL(q || uniform) = {kl:.4f} nats per dimension, {kl * 784 / (784 * math.log(2)):.3f} bits/dim at the start")
+print(f"    KL(q || uniform) = {kl:.4f} nats per dimension, {kl / math.log(2):.3f} bits/dim at the start")
 
 
 # %% Solution 11.4

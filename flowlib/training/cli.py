@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float, help="L2 penalty added to each gradient (Adam's weight_decay)")
     p.add_argument("--optimizer", choices=["adam", "rmsprop_momentum"],
                    help="Adam (the presets), or RMSProp with momentum as NICE's released code trains")
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"],
@@ -66,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``; returns the exit status."""
     args = _parser().parse_args(argv)
-    fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+    fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  optimizer=args.optimizer,
                   schedule=args.schedule,
                   seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
