@@ -50,7 +50,7 @@ FRONT = "00-index"
 #: The site's own pages, after the chapters and the bibliography, in this order.
 PAGES = ("results", "trainer", "speed", "flowlib")
 #: Folders of the repository the pages link to; copied into the site as they are.
-COPIED = ("results", "benchmarks")
+COPIED = ("results", "benchmarks", "figures")
 SOLUTIONS = CHAPTERS / "solutions"
 RUN_LOCALLY = ("*Run this chapter yourself: download the notebook with the download button at the top of the "
                "page, or clone the book and run* `python3 run.py book` *(see the [contents](00-index.ipynb)).*")
