@@ -8,7 +8,7 @@ baseline for reference. Runs kept for comparison (``results/realnvp-mnist-cpu-fp
 preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json``: the same with a constant
 learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
 ``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager;
-``results/glow-mnist-cpu-lr2e-3.json``: the Glow preset at lr 2e-3, a candidate;
+``results/glow-mnist-cpu-lr1e-3.json``: the Glow preset at its earlier lr 1e-3;
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib) are drawn dashed beside the preset's runs.
 
