@@ -72,7 +72,8 @@ from typing import Any
 from .readability import check_readable
 
 __all__ = ["SolutionSection", "SolutionRun", "Answer", "CALL", "call_source", "solutions_folders", "solutions_file",
-           "solutions_file_in", "parse_solutions", "parse_answers", "run_solution", "solution_html", "answer_bundle", "solution"]
+           "solutions_file_in", "parse_solutions", "parse_answers", "run_solution", "solution_html", "answer_bundle",
+           "solution"]
 
 #: The line that opens a solution's section in a solutions file.
 SECTION = re.compile(r"^# %% Solution (\d+\.\d+)[ \t]*$", re.M)

@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flowlib.training MODEL [--dataset mnist] [--preset cpu] [--resume] ...``; returns the exit status."""
     args = _parser().parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                  optimizer=args.optimizer,
-                  schedule=args.schedule,
+                  optimizer=args.optimizer, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)
