@@ -74,7 +74,7 @@ def _check_vector_model(dim: int, num_couplings: int, hidden: int, num_hidden_la
 
 def nice(
     dim: int, num_couplings: int = 4, hidden: int = 1000, num_hidden_layers: int = 5,
-    prior: str = "logistic", dequantize: bool = False,
+    prior: str = "logistic", dequantize: bool = False, dropout: float = 0.0,
 ) -> FlowModel:
     """NICE: additive couplings on alternating odd/even halves, then diagonal scaling.
 
@@ -82,6 +82,8 @@ def nice(
     of odd and even coordinates swapped at every layer; :math:`z = e^S \\odot h^{(K)}`.
     With ``dequantize=True`` the model takes 8-bit data and scales it to [0, 1)
     with uniform noise (the paper's preprocessing), counting that log-det.
+    ``dropout`` is the coupling nets' dropout rate in training (`flowlib.nets.MLP`;
+    the paper has none).
 
     >>> model = nice(784)
     >>> sum(p.numel() for p in model.parameters())
@@ -92,7 +94,7 @@ def nice(
     for k in range(num_couplings):
         mask = alternating_mask(dim, parity=k % 2)
         n_cond = int(mask.sum())
-        net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers)
+        net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers, dropout=dropout)
         layers.append(AdditiveCoupling(mask, net))
     prior_dist = make_prior(prior)
     layers.append(DiagonalScaling(dim, init_std=prior_dist.std))

@@ -15,6 +15,13 @@ section 3.2). Two are provided:
   ReLUs between (Kingma & Dhariwal 2018, section 3.3; Glow also puts ActNorm
   after the first two, which flowlib leaves out).
 
+`MLP` can drop hidden units during training (dropout, Srivastava et al. 2014),
+a regulariser for a net that overfits, as NICE's 5 x 1000 nets do on 50,000
+digits. A coupling stays invertible with its exact log-determinant either way:
+its net need not be invertible, and in evaluation mode (``model.eval()``, used
+for every score and sample) the net is deterministic again (the kept units are
+scaled by :math:`1/(1-p)` in training, so none is needed then).
+
 The last layer starts at zero so that every coupling starts as the identity,
 which keeps deep flows stable at initialisation (Glow's "zero
 initialization", Kingma & Dhariwal 2018, section 3.3). The conv net keeps its
@@ -31,6 +38,10 @@ Real NVP", ICLR 2017, arXiv:1605.08803 (https://arxiv.org/abs/1605.08803).
 Reference: D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible
 1x1 Convolutions", NeurIPS 2018, arXiv:1807.03039
 (https://arxiv.org/abs/1807.03039).
+
+Reference: N. Srivastava, G. Hinton, A. Krizhevsky, I. Sutskever, R. Salakhutdinov,
+"Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 15 (2014)
+1929-1958 (https://jmlr.org/papers/v15/srivastava14a.html).
 """
 
 from __future__ import annotations
@@ -47,22 +58,36 @@ __all__ = ["MLP", "ResidualConvNet", "GlowConvNet"]
 class MLP(nn.Sequential):
     """A ReLU multilayer perceptron with a zero-initialised output layer.
 
+    With ``dropout=p`` each hidden layer's units are zeroed with probability
+    ``p`` in training mode (and the rest scaled by :math:`1/(1-p)`, `torch.nn.Dropout`);
+    in evaluation mode the net is deterministic.
+
     >>> import torch
     >>> MLP(3, 4, hidden=8, num_hidden_layers=2)(torch.randn(5, 3)).shape
     torch.Size([5, 4])
+    >>> MLP(3, 4, dropout=0.2)[2]
+    Dropout(p=0.2, inplace=False)
+    >>> MLP(3, 4, dropout=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: MLP dropout must be a probability in [0, 1), got 1.0
     """
 
     def __init__(
         self, in_features: int, out_features: int, hidden: int = 256,
-        num_hidden_layers: int = 2, zero_init: bool = True,
+        num_hidden_layers: int = 2, zero_init: bool = True, dropout: float = 0.0,
     ) -> None:
         for name, value in (("in_features", in_features), ("out_features", out_features), ("hidden", hidden),
                             ("num_hidden_layers", num_hidden_layers)):
             check_int(name, value)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLP dropout must be a probability in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_hidden_layers):
             layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             width = hidden
         out = nn.Linear(width, out_features)
         if zero_init:

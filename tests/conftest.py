@@ -355,6 +355,10 @@ class _Rounding(TorchFunctionMode):
         if name == "linalg_inv":  # LU-based inverse: |X - A^-1| <~ c_n u |X| |A| |X|
             X = o.abs()
             return math.sqrt(3 * X.shape[-1]) * (X @ A(args[0]) @ X)
+        if name == "dropout":  # in evaluation mode the identity (exact); in training random, which has no model here
+            training = args[2] if len(args) > 2 else kwargs.get("train", kwargs.get("training", True))
+            if not training:
+                return torch.zeros_like(o)
         if name == "batch_norm":
             p = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"), args))
             p = {"weight": None, "bias": None, "training": False, "eps": 1e-5, **p, **kwargs}

@@ -214,3 +214,22 @@ def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(monkeyp
     capsys.readouterr()
     assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "-1"]) == 2
     assert "weight_decay must be a finite number >= 0, got -1.0" in _one_line_error(capsys)
+
+
+def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    seen = []
+
+    def record(config: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise OSError("recorded")
+
+    monkeypatch.setattr(cli, "train", record)
+    assert cli.main(["nice", "--preset", "cpu", "--dropout", "0.2"]) == 4
+    assert seen[0].model_kwargs == {"dropout": 0.2} and seen[0].out_dir.endswith("nice-mnist-cpu-dropout0.2")
+    capsys.readouterr()
+    assert cli.main(["glow", "--preset", "cpu", "--dropout", "0.2"]) == 2
+    assert "--dropout is for nice (its coupling MLPs), got model 'glow'" in _one_line_error(capsys)
+    from flowlib.training.config import build_model  # the rate is checked where the nets are built
+    with pytest.raises(ValueError, match="dropout must be a probability in \\[0, 1\\), got 1.5"):
+        build_model(seen[0].__class__(**{**seen[0].__dict__, "model_kwargs": {"dropout": 1.5}}))

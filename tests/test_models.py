@@ -44,6 +44,7 @@ PRESETS: dict[str, tuple[Callable[[], FlowModel], Callable[[], Tensor], bool]] =
     "nice": (lambda: nice(6, hidden=8, num_hidden_layers=2), lambda: torch.randn(B, 6), False),
     "nice-odd-dim": (lambda: nice(5, num_couplings=3, hidden=8, num_hidden_layers=1, prior="normal"),
                      lambda: torch.randn(B, 5), False),
+    "nice-dropout": (lambda: nice(6, hidden=8, num_hidden_layers=2, dropout=0.1), lambda: torch.randn(B, 6), False),
     "nice-dequantize": (lambda: nice(6, hidden=8, num_hidden_layers=2, dequantize=True),
                         lambda: torch.randint(0, 256, (B, 6)).float(), True),
     "realnvp": (lambda: realnvp(2, num_couplings=4, hidden=8), lambda: torch.randn(B, 2), False),
@@ -366,6 +367,23 @@ def test_nice_mnist_structure():
     x = torch.randn(B, 784)
     z, log_det = model(x)
     assert z.shape == (B, 784) and torch.equal(log_det, torch.zeros(B))
+
+
+def test_nice_dropout_acts_in_training_only(perturb):
+    torch.manual_seed(0)
+    model = nice(6, hidden=32, num_hidden_layers=2, dropout=0.5)
+    perturb(model, scale=0.5)
+    x = torch.randn(64, 6)
+    z1, z2 = model(x)[0], model(x)[0]  # training mode: each call drops other units
+    assert not torch.equal(z1, z2)
+    model.eval()
+    z, log_det = model(x)
+    assert torch.equal(model(x)[0], z)
+    # evaluation mode is the plain network: the same weights without the dropout layers
+    for layer in model.flow:
+        if isinstance(layer, AdditiveCoupling):
+            layer.net = torch.nn.Sequential(*[m for m in layer.net if not isinstance(m, torch.nn.Dropout)])
+    assert torch.equal(model(x)[0], z)
 
 
 def test_nice_is_the_papers_architecture():

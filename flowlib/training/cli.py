@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float, help="L2 penalty added to each gradient (Adam's weight_decay)")
+    p.add_argument("--dropout", type=float,
+                   help="nice only: dropout rate of the coupling nets' hidden units in training (default 0)")
     p.add_argument("--optimizer", choices=["adam", "rmsprop_momentum"],
                    help="Adam (the presets), or RMSProp with momentum as NICE's released code trains")
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"],
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)
     try:
+        if args.dropout is not None:
+            if args.model != "nice":
+                raise ValueError(f"--dropout is for nice (its coupling MLPs), got model {args.model!r}")
+            preset_kwargs = make_config(args.model, args.preset, args.dataset).model_kwargs
+            fields["model_kwargs"] = {**preset_kwargs, "dropout": args.dropout}
         config = make_config(args.model, args.preset, args.dataset,
                              **{k: v for k, v in fields.items() if v is not None})
         result = train(config, resume=args.resume, progress=not args.no_progress)
