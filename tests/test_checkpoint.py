@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import multiprocessing
 import socket
 import subprocess
@@ -200,8 +202,9 @@ def test_flowlib_data_naming_a_file_says_so(tmp_path: Path, monkeypatch: pytest.
     assert "is a file, not a folder" in _one_line_error(capsys)
 
 
-def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(monkeypatch: pytest.MonkeyPatch,
-                                                                         capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def configs_given_to_train(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The configs the trainer's command line hands to `train`, which records them and stops there (exit 4)."""
     seen = []
 
     def record(config: object, **kwargs: object) -> None:
@@ -209,6 +212,12 @@ def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(monkeyp
         raise OSError("recorded")
 
     monkeypatch.setattr(cli, "train", record)
+    return seen
+
+
+def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    seen = configs_given_to_train
     assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "5e-5"]) == 4
     assert seen[0].weight_decay == 5e-5 and seen[0].out_dir.endswith("nice-mnist-cpu-wd5e-05")
     capsys.readouterr()
@@ -216,15 +225,9 @@ def test_trainer_weight_decay_reaches_the_config_and_the_run_folder_name(monkeyp
     assert "weight_decay must be a finite number >= 0, got -1.0" in _one_line_error(capsys)
 
 
-def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(monkeypatch: pytest.MonkeyPatch,
+def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(configs_given_to_train: list,
                                                                     capsys: pytest.CaptureFixture) -> None:
-    seen = []
-
-    def record(config: object, **kwargs: object) -> None:
-        seen.append(config)
-        raise OSError("recorded")
-
-    monkeypatch.setattr(cli, "train", record)
+    seen = configs_given_to_train
     assert cli.main(["nice", "--preset", "cpu", "--dropout", "0.2"]) == 4
     assert seen[0].model_kwargs == {"dropout": 0.2} and seen[0].out_dir.endswith("nice-mnist-cpu-dropout0.2")
     capsys.readouterr()
@@ -232,4 +235,4 @@ def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(monkeypatch:
     assert "--dropout is for nice (its coupling MLPs), got model 'glow'" in _one_line_error(capsys)
     from flowlib.training.config import build_model  # the rate is checked where the nets are built
     with pytest.raises(ValueError, match="dropout must be a probability in \\[0, 1\\), got 1.5"):
-        build_model(seen[0].__class__(**{**seen[0].__dict__, "model_kwargs": {"dropout": 1.5}}))
+        build_model(dataclasses.replace(seen[0], model_kwargs={"dropout": 1.5}))
