@@ -11,7 +11,8 @@ learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs 
 ``results/glow-mnist-cpu-lr1e-3.json``: the Glow preset at its earlier lr 1e-3;
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
-preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``) are drawn dashed beside the preset's runs.
+preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json``, 2e-5 with
+``--seed 1``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -40,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
 COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "results" / "nice-mnist-cpu-earlier.json",
                      "weight decay 1e-5": ROOT / "results" / "nice-mnist-cpu-wd1e-05.json",
-                     "weight decay 2e-5": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json"},
+                     "weight decay 2e-5": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
+                     "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
