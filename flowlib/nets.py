@@ -20,9 +20,10 @@ a regulariser for a net that overfits, as NICE's 5 x 1000 nets do on 50,000
 digits. It is not a good one there: a coupling adds its net's output to the
 data, so the dropped units' noise lands in the density itself. NICE's ``cpu``
 preset with ``--dropout 0.2`` was at 4.945 validation bits/dim after 20 epochs,
-where the preset is at 4.638 (``results/nice-mnist-cpu-dropout0.2-stopped.json``). A coupling stays invertible with its exact log-determinant either way:
-its net need not be invertible, and in evaluation mode (``model.eval()``, used
-for every score and sample) the net is deterministic again (the kept units are
+where the preset is at 4.638 (``results/nice-mnist-cpu-dropout0.2-stopped.json``).
+A coupling stays invertible with its exact log-determinant either way: its net
+need not be invertible, and in evaluation mode (``model.eval()``, used for
+every score and sample) the net is deterministic again (the kept units are
 scaled by :math:`1/(1-p)` in training, so none is needed then).
 
 The last layer starts at zero so that every coupling starts as the identity,
