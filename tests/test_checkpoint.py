@@ -235,3 +235,13 @@ def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(configs_give
     from flowlib.training.config import build_model  # the rate is checked where the nets are built
     with pytest.raises(ValueError, match="dropout must be a probability in \\[0, 1\\), got 1.5"):
         build_model(dataclasses.replace(seen[0], model_kwargs={"dropout": 1.5}))
+
+
+def test_trainer_average_epochs_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    seen = configs_given_to_train
+    assert cli.main(["glow", "--preset", "cpu", "--average-epochs", "1"]) == 4
+    assert seen[0].average_epochs == 1.0 and seen[0].out_dir.endswith("glow-mnist-cpu-avg1")
+    capsys.readouterr()
+    assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "0"]) == 2
+    assert "average_epochs must be a positive finite number, got 0.0" in _one_line_error(capsys)

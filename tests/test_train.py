@@ -110,6 +110,50 @@ def test_resume_after_max_steps_is_exact(tmp_path):
     assert resumed.test_bpd == full.test_bpd
 
 
+def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp_path, monkeypatch):
+    """``average_epochs``: the trained weights are those of the plain run; ``checkpoint.pt`` holds their
+    normalised exponential average (closed form, tests/test_averaging.py) and ``best.pt`` the average scored."""
+    from test_averaging import closed_form
+
+    plain = T.train(toy_config(tmp_path, "plain"), progress=False)
+    trained: list[dict[str, torch.Tensor]] = []
+    original = F.train_step
+
+    def step_and_record(model, optimizer, x, **kw):
+        loss = original(model, optimizer, x, **kw)
+        trained.append({k: v.clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(L, "train_step", step_and_record)
+    averaged = T.train(toy_config(tmp_path, "averaged", average_epochs=1.0), progress=False)
+    ckpt = torch.load(tmp_path / "averaged" / "checkpoint.pt", weights_only=True)
+    plain_ckpt = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    for key, value in plain_ckpt["model"].items():
+        assert torch.equal(ckpt["model"][key], value), key
+    beta = 1 - 1 / 8  # 512 examples in batches of 64: 8 steps an epoch
+    assert ckpt["average"]["updates"] == len(trained) == 16 and ckpt["average"]["beta"] == beta
+    for key, value in ckpt["average"]["model"].items():
+        if value.is_floating_point():
+            expected = closed_form([w[key].double() for w in trained], beta).float()
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    assert averaged.best_epoch == 2  # so best.pt holds the last average
+    best = torch.load(tmp_path / "averaged" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[k], v) for k, v in ckpt["average"]["model"].items())
+    assert averaged.test_bpd != plain.test_bpd and averaged.history[0]["train_bpd"] == plain.history[0]["train_bpd"]
+    assert Path(Cfg.make_config("nice", "cpu", average_epochs=1.0).out_dir).name == "nice-mnist-cpu-avg1"
+
+
+def test_resume_with_an_average_is_exact(tmp_path):
+    full = T.train(toy_config(tmp_path, "full", average_epochs=0.5), progress=False)
+    T.train(toy_config(tmp_path, "part", average_epochs=0.5, max_steps=11), progress=False)
+    resumed = T.train(toy_config(tmp_path, "part", average_epochs=0.5), resume=True, progress=False)
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+    a, b = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["average"] for name in ("full", "part"))
+    assert a["updates"] == b["updates"] == 16
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed.test_bpd == full.test_bpd
+
+
 def _signal_at(monkeypatch, module, name: str, call: int, signum: int = signal.SIGINT) -> list[int]:
     """Deliver a real signal to this process during the ``call``-th call of ``module.name``."""
     original, calls = getattr(module, name), [0]

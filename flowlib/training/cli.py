@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop (with a checkpoint; continue with --resume) after this many minutes of this call")
     p.add_argument("--eval-samples", type=int,
                    help="importance samples per test image in the final evaluation (default 1: the plain bound)")
+    p.add_argument("--average-epochs", type=float,
+                   help="score and keep a Polyak average of the weights over about this many epochs (default: none)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="compile each step's loss with torch.compile (inductor)")
     p.add_argument("--no-progress", action="store_true")
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                   optimizer=args.optimizer, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
-                  out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None)
+                  out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None,
+                  average_epochs=args.average_epochs)
     try:
         if args.dropout is not None:
             if args.model != "nice":

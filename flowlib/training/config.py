@@ -63,7 +63,8 @@ class TrainConfig:
     ``schedule`` is ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"exponential"`` (divided by 1.0005
     per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs
     each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its compile time counts in
-    the run's wall time). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average of the weights over about
+    that many epochs instead of the trained weights (`flowlib.training.averaging`). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
     start or resume, after at least one step; ``max_steps`` counts steps of the
@@ -110,6 +111,7 @@ class TrainConfig:
     max_minutes: float | None = None
     device: str = "auto"
     compile: bool = False
+    average_epochs: float | None = None
 
     def __post_init__(self) -> None:
         _check_model_and_dataset(self.model, self.dataset)
@@ -127,6 +129,8 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        if self.average_epochs is not None:
+            _check_positive("average_epochs", self.average_epochs)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
@@ -135,9 +139,9 @@ class TrainConfig:
         if not isinstance(self.out_dir, (str, os.PathLike)):
             raise ValueError(f"out_dir must be a path (str), got {self.out_dir!r}")
         self.out_dir = str(self.out_dir)
-        _check_minutes("checkpoint_minutes", self.checkpoint_minutes)
+        _check_positive("checkpoint_minutes", self.checkpoint_minutes)
         if self.max_minutes is not None:
-            _check_minutes("max_minutes", self.max_minutes)
+            _check_positive("max_minutes", self.max_minutes)
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -193,7 +197,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _check_minutes(name: str, minutes: Any) -> None:
+def _check_positive(name: str, minutes: Any) -> None:
     if isinstance(minutes, bool) or not isinstance(minutes, Real) or not (math.isfinite(minutes) and minutes > 0):
         raise ValueError(f"{name} must be a positive finite number, got {minutes!r}")
 
@@ -222,7 +226,8 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
                 "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "precision": "",
                 "matmul_precision": "", "model_kwargs": "",
-                "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile"}
+                "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile",
+                "average_epochs": "avg"}
 
 
 def make_config(model: str = "nice", preset: str = "cpu", dataset: str = "mnist", **overrides: Any) -> TrainConfig:

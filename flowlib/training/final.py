@@ -44,7 +44,7 @@ def _final_evaluation(run: Run) -> float | None:
     barrier()  # rank 0 wrote best.pt
     check_best(run.path("best.pt"), st.run_id)
     try:
-        run.model.load_state_dict(load_checkpoint(run.path("best.pt"), map_location=run.device)["model"])
+        run.scored_model.load_state_dict(load_checkpoint(run.path("best.pt"), map_location=run.device)["model"])
         if run.rank == 0:
             print(f"Final evaluation: the best model (epoch {st.best_epoch}) on {run.splits['test'].shape[0]} test "
                   f"examples, {samples} noise sample{'s' if samples > 1 else ''} each", file=sys.stderr, flush=True)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from ..flow import value_checks
 from ..flow_model import FlowModel
 from ..metrics import bits_per_dim
+from .averaging import WeightAverage
 from .checkpoint import CheckpointError, atomic_save, rng_state
 from .config import TrainConfig, config_dict
 from .distributed import all_reduce_sum, rank_and_world
@@ -107,6 +108,7 @@ class Run:
     model: FlowModel
     optimizer: torch.optim.Optimizer
     net: nn.Module | None = None  # what a step runs the global batch through (`wrap_data_parallel`)
+    average: WeightAverage | None = None  # the Polyak average of the weights (``average_epochs``)
     state: TrainState = field(default_factory=TrainState)
     stop: StopFlag = field(default_factory=StopFlag)
     in_step: bool = False  # inside a step: a KeyboardInterrupt now would leave it half done
@@ -128,6 +130,11 @@ class Run:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def scored_model(self) -> FlowModel:
+        """The model that validation and the test score and ``best.pt`` keeps: the average, if there is one."""
+        return self.model if self.average is None else self.average.model
 
     @property
     def steps_per_epoch(self) -> int:
@@ -212,6 +219,8 @@ def _step(run: Run, order: Tensor, loss_sum: Tensor) -> None:
                       precision=run.precision, net=None if run.net is run.model else run.net, compile=cfg.compile)
     if run.world > 1:
         loss = all_reduce_sum(loss) / run.world
+    if run.average is not None:
+        run.average.update(run.model)
     loss_sum += loss
     st.loss_count += 1
     st.step_in_epoch += 1
@@ -268,8 +277,9 @@ def end_of_epoch(run: Run, progress: bool, on_epoch: Callable[[dict[str, float]]
     if st.best_valid_bpd is None or valid_bpd < st.best_valid_bpd:
         st.best_valid_bpd, st.best_epoch = valid_bpd, st.epoch
         if run.rank == 0:
-            atomic_save({"config": config_dict(run.config), "run_id": st.run_id, "model": run.model.state_dict(),
-                         "epoch": st.epoch, "valid_bpd": valid_bpd}, run.path("best.pt"))
+            atomic_save({"config": config_dict(run.config), "run_id": st.run_id,
+                         "model": run.scored_model.state_dict(), "epoch": st.epoch, "valid_bpd": valid_bpd},
+                        run.path("best.pt"))
     checkpoint_if_due(run, last_epoch=st.epoch == run.config.epochs)
     if run.rank == 0 and progress:
         print(f"epoch {record['epoch']}: train {record['train_bpd']:.4f}, valid {valid_bpd:.4f} bits/dim",
@@ -302,13 +312,14 @@ def evaluate_split(run: Run, split: str, samples: int = 1) -> float:
                 raise Stop(by_user=True)
             i = first + run.rank
             if i < len(chunks):
-                total += log_likelihood_sum(run.model, chunks[i], len(chunks[i]), seed=EVAL_SEED + i, samples=samples)
+                total += log_likelihood_sum(run.scored_model, chunks[i], len(chunks[i]), seed=EVAL_SEED + i,
+                                            samples=samples)
     all_reduce_sum(total)
     return float(bits_per_dim((total / data.shape[0]).item(), run.model.num_dims))
 
 
 def save_checkpoint(run: Run) -> None:
-    """``checkpoint.pt`` (rank 0): config, model, optimizer, random state and `TrainState`."""
+    """``checkpoint.pt`` (rank 0): config, model, optimizer, random state, `TrainState` and the weights' average."""
     if run.rank != 0:
         return
     if not all(torch.isfinite(p).all() for p in run.model.parameters()):
@@ -316,9 +327,11 @@ def save_checkpoint(run: Run) -> None:
                                f"{run.path('checkpoint.pt')}")
     run.state.wall_seconds = run.wall_seconds()
     run.last_checkpoint = time.perf_counter()
-    atomic_save({"config": config_dict(run.config), "model": run.model.state_dict(),
-                 "optimizer": run.optimizer.state_dict(), "rng": rng_state(run.device),
-                 "state": run.state.to_dict()}, run.path("checkpoint.pt"))
+    saved = {"config": config_dict(run.config), "model": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "rng": rng_state(run.device), "state": run.state.to_dict()}
+    if run.average is not None:
+        saved["average"] = run.average.state_dict()
+    atomic_save(saved, run.path("checkpoint.pt"))
 
 
 def checkpoint_if_due(run: Run, last_epoch: bool = False) -> None:

@@ -53,7 +53,8 @@ from contextlib import contextmanager
 import torch
 
 from ..flow import initialize_from_data
-from .checkpoint import check_best, load_checkpoint, set_rng_state, state_bytes
+from .averaging import WeightAverage, average_beta
+from .checkpoint import CheckpointError, check_best, load_checkpoint, set_rng_state, state_bytes
 from .run_folder import RunLock, check_writable, move_run_aside
 from .config import TrainConfig, TrainResult, build_model, config_differences, load_dataset
 from .distributed import (broadcast_object, device_name, init_distributed, rank_and_world, resolve_device,
@@ -173,6 +174,12 @@ def _restore(run: Run) -> None:
                          f"start afresh without --resume, or use another --out")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.average = _new_average(run)
+    if run.average is not None:
+        if "average" not in ckpt:
+            raise CheckpointError(f"{path} holds no weight average, but average_epochs is "
+                                  f"{run.config.average_epochs}; start afresh without --resume")
+        run.average.load_state_dict(ckpt["average"])
     run.state = TrainState.from_dict(ckpt["state"], path)
     set_rng_state(ckpt["rng"], run.device)
     if run.state.best_epoch:
@@ -186,3 +193,10 @@ def _start(run: Run) -> None:
     run.state = TrainState(run_id=broadcast_object(TrainState().run_id))
     first = epoch_order(run.splits["train"].shape[0], run.config.seed, 0)[: run.config.batch_size]
     initialize_from_data(run.model, run.splits["train"][first.to(run.device)])  # same batch on every process
+    run.average = _new_average(run)
+
+
+def _new_average(run: Run) -> WeightAverage | None:
+    """The Polyak average of the weights over ``average_epochs`` epochs (None when not asked for)."""
+    epochs = run.config.average_epochs
+    return None if epochs is None else WeightAverage(run.model, average_beta(epochs, run.steps_per_epoch))
