@@ -11,8 +11,8 @@ learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs 
 ``results/glow-mnist-cpu-lr1e-3.json``: the Glow preset at its earlier lr 1e-3;
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
-preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json``, 2e-5 with
-``--seed 1``) are drawn dashed beside the preset's runs.
+preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
+``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -42,7 +42,8 @@ MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
 COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "results" / "nice-mnist-cpu-earlier.json",
                      "weight decay 1e-5": ROOT / "results" / "nice-mnist-cpu-wd1e-05.json",
                      "weight decay 2e-5": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
-                     "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json"},
+                     "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
+                     "weight decay 2e-5, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
@@ -85,19 +86,19 @@ def spread(values: list[float]) -> str:
 
 
 def axis_range(curves: list[list[float]]) -> tuple[float, float]:
-    """``(top, bottom)`` of a y-axis for validation curves that start at their highest.
+    """``(bottom, top)`` of a y-axis (matplotlib's order) for validation curves that start at their highest.
 
     A validation curve falls from its first epoch, so the axis reaches the highest first value; a later
     spike above that (a run that diverged for an epoch and recovered) would squash every curve, so it is
     left off the axis (its value is written there instead). 5% of the span is kept as margin.
 
     >>> axis_range([[1.66, 2.59, 1.50], [1.82, 1.61, 1.40]])  # the 2.59 spike is left off
-    (1.841, 1.379)
+    (1.379, 1.841)
     """
     top = max(curve[0] for curve in curves)
     low = min(min(curve) for curve in curves)
     margin = 0.05 * (top - low)
-    return round(top + margin, 6), round(low - margin, 6)
+    return round(low - margin, 6), round(top + margin, 6)
 
 
 def draw_zoom(ax, drawn: list[tuple[str, str, dict]]) -> None:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
         drawn = [(f"C{4 + k}", "s--", other) for k, other in enumerate(compared.values())]
         drawn += [("C0", "o-", run) for run in runs.values()]
-        top, low = axis_range([[h["valid_bpd"] for h in run["history"]] for _, _, run in drawn])
+        low, top = axis_range([[h["valid_bpd"] for h in run["history"]] for _, _, run in drawn])
         ax.set_ylim(low, top)
         draw_zoom(ax, drawn)
         for color, _, run in drawn:  # a spike above every curve's start is cut off and its value written at the top
