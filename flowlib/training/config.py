@@ -63,8 +63,9 @@ class TrainConfig:
     ``schedule`` is ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"exponential"`` (divided by 1.0005
     per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs
     each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its compile time counts in
-    the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average of the weights over about
-    that many epochs instead of the trained weights (`flowlib.training.averaging`). ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average of the weights over
+    about that many epochs instead of the trained weights (`flowlib.training.averaging`). ``device`` is
+    ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
     start or resume, after at least one step; ``max_steps`` counts steps of the
@@ -197,9 +198,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _check_positive(name: str, minutes: Any) -> None:
-    if isinstance(minutes, bool) or not isinstance(minutes, Real) or not (math.isfinite(minutes) and minutes > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {minutes!r}")
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
