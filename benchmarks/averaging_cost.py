@@ -1,0 +1,94 @@
+"""What does Polyak averaging (``--average-epochs``) cost a training step? With and without, interleaved.
+
+Each cpu preset's model (its batch size, precision and compile setting) takes Adam steps on the same MNIST
+batch, alternately a plain step (`flowlib.training.fit.train_step`) and a step followed by the average's update
+(`flowlib.training.averaging.WeightAverage.update`), so both see the same machine load; the update is also
+timed alone. Medians of ``--steps`` pairs.
+
+    .venv/bin/python benchmarks/averaging_cost.py           # writes benchmarks/results/averaging_cost.*
+    .venv/bin/python benchmarks/averaging_cost.py --quick   # a few steps, nothing written
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from flowlib.flow import initialize_from_data, value_checks  # noqa: E402
+from flowlib.training.averaging import WeightAverage, average_beta  # noqa: E402
+from flowlib.training.config import build_model, make_config  # noqa: E402
+from flowlib.training.fit import make_optimizer, train_step  # noqa: E402
+from flowlib.training.precision import resolve_precision  # noqa: E402
+
+
+def measure(model_name: str, steps: int) -> dict:
+    config = make_config(model_name, "cpu")
+    precision = resolve_precision(config.precision, "cpu")
+    images, _ = common.load_mnist_images(config.batch_size)
+    x = images.flatten(1) if model_name == "nice" else images
+    torch.manual_seed(0)
+    model = build_model(config)
+    initialize_from_data(model, x)
+    optimizer = make_optimizer(model, config.lr)
+    average = WeightAverage(model, average_beta(1, 50000 // config.batch_size))
+
+    def step() -> None:
+        train_step(model, optimizer, x, precision=precision, compile=config.compile).item()
+
+    times: dict[str, list[float]] = {"plain": [], "averaged": [], "update": []}
+    with value_checks(False):  # as in the trainer's loop
+        step()  # warm-up (and the compile, where the preset compiles)
+        average.update(model)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            t1 = time.perf_counter()
+            step()
+            t2 = time.perf_counter()
+            average.update(model)
+            t3 = time.perf_counter()
+            times["plain"].append(t1 - t0)
+            times["averaged"].append(t3 - t1)
+            times["update"].append(t3 - t2)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": model_name, "precision": precision, "compile": config.compile, "batch_size": config.batch_size,
+            "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
+            "plain_ms": 1e3 * median["plain"], "averaged_ms": 1e3 * median["averaged"],
+            "update_ms": 1e3 * median["update"], "cost": median["averaged"] / median["plain"] - 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["nice", "realnvp", "glow"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    common.setup_threads(args.threads)
+    rows = [measure(m, 2 if args.quick else args.steps) for m in args.models]
+    info = common.machine_info()
+    table = common.format_table(
+        ["model (cpu preset)", "precision", "compiled", "weights", "step (ms)", "step + update (ms)", "update (ms)",
+         "cost"],
+        [[r["model"], r["precision"], r["compile"], f"{r['parameters']:,}", f"{r['plain_ms']:.1f}",
+          f"{r['averaged_ms']:.1f}", f"{r['update_ms']:.2f}", f"{100 * r['cost']:+.1f}%"] for r in rows])
+    markdown = (f"Polyak averaging's cost per training step of each cpu preset, median of {rows[0]['steps']} "
+                f"interleaved pairs ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['time']})"
+                f"\n\n{table}")
+    print(markdown)
+    if not args.quick:
+        common.write_results("averaging_cost", {"machine": info, "rows": rows},
+                             markdown + "\n\nCommand: `.venv/bin/python benchmarks/averaging_cost.py`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
