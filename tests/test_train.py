@@ -154,6 +154,16 @@ def test_resume_with_an_average_is_exact(tmp_path):
     assert resumed.test_bpd == full.test_bpd
 
 
+def test_resuming_an_averaged_run_from_a_checkpoint_without_its_average_is_refused(tmp_path):
+    T.train(toy_config(tmp_path, "part", average_epochs=0.5, max_steps=5), progress=False)
+    path = tmp_path / "part" / "checkpoint.pt"
+    ckpt = C.load_checkpoint(path)
+    del ckpt["average"]
+    C.atomic_save(ckpt, path)
+    with pytest.raises(C.CheckpointError, match="holds no weight average, but average_epochs is 0.5"):
+        T.train(toy_config(tmp_path, "part", average_epochs=0.5), resume=True, progress=False)
+
+
 def _signal_at(monkeypatch, module, name: str, call: int, signum: int = signal.SIGINT) -> list[int]:
     """Deliver a real signal to this process during the ``call``-th call of ``module.name``."""
     original, calls = getattr(module, name), [0]
