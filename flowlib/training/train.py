@@ -19,6 +19,8 @@ What lives where:
   `Run`, one step, logging, validation, checkpoints;
 * `flowlib.training.final`: the final test evaluation, ``results.json`` and
   the `TrainResult`;
+* `flowlib.training.averaging`: with ``average_epochs``, the Polyak average of
+  the weights that validation and the test score and ``best.pt`` keeps;
 * `flowlib.training.distributed`: torchrun, and why N processes compute what
   one process computes on the global batch (noise and batch statistics included).
 
