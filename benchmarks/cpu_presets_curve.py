@@ -12,8 +12,9 @@ learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs 
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
 preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
-``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json`` and ``glow-mnist-cpu-avg1.json``: the
-weights' Polyak average over one epoch scored, ``--average-epochs 1``) are drawn dashed beside the preset's runs.
+``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json`` and
+``glow-mnist-cpu-avg1.json``: the weights' Polyak average over one epoch scored, ``--average-epochs 1``) are drawn
+dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -45,7 +46,8 @@ COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "resu
                      "weight decay 2e-5": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
                      "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
                      "weight decay 2e-5, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
-                     "weight decay 2e-5 and the\nweights' average scored": ROOT / "results" / "nice-mnist-cpu-wd2e-05-avg1.json"},
+                     "weight decay 2e-5 and the\nweights' average scored": ROOT / "results" / "nice-mnist-cpu-wd2e-05-avg1.json",
+                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1-avg1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
@@ -127,6 +129,15 @@ def draw_zoom(ax, drawn: list[tuple[str, str, dict]]) -> None:
     inset.tick_params(labelsize=7)
 
 
+def compared_color(k: int) -> str:
+    """The colour of the ``k``-th compared run: C4 to C9, then black (C0, the preset's seeds, is never reused).
+
+    >>> [compared_color(k) for k in (0, 5, 6)]
+    ['C4', 'C9', 'black']
+    """
+    return f"C{4 + k}" if k < 6 else "black"
+
+
 def draw_samples(ax, run: dict) -> None:
     """64 samples at `TEMPERATURE` from the run's ``best.pt``, or a note saying why there are none."""
     import torch
@@ -179,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         compared = {what: json.loads(path.read_text()) for what, path in COMPARED.get(name, {}).items()}
         for k, (what, other) in enumerate(compared.items()):
             ax.plot([h["seconds"] / 60 for h in other["history"]], [h["valid_bpd"] for h in other["history"]],
-                    "s--", ms=3, color=f"C{4 + k}", label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
-        drawn = [(f"C{4 + k}", "s--", other) for k, other in enumerate(compared.values())]
+                    "s--", ms=3, color=compared_color(k), label=f"{what}: validation\n(test {other['test_bpd']:.3f})")
+        drawn = [(compared_color(k), "s--", other) for k, other in enumerate(compared.values())]
         drawn += [("C0", "o-", run) for run in runs.values()]
         low, top = axis_range([[h["valid_bpd"] for h in run["history"]] for _, _, run in drawn])
         ax.set_ylim(low, top)
