@@ -151,6 +151,19 @@ def assert_log_det() -> Callable[..., Tensor]:
     return assert_log_det_matches_autograd
 
 
+def _average_closed_form(values: list[Tensor], beta: float) -> Tensor:
+    """Polyak averaging's closed form :math:`\\sum_s (1-\\beta)\\beta^{t-s}\\theta_s / (1-\\beta^t)`, summed
+    term by term (the reference of `flowlib.training.averaging`'s running update)."""
+    t = len(values)
+    total = sum((1 - beta) * beta ** (t - s) * v for s, v in enumerate(values, start=1))
+    return total / (1 - beta ** t)
+
+
+@pytest.fixture
+def average_closed_form() -> Callable[[list[Tensor], float], Tensor]:
+    return _average_closed_form
+
+
 # ----------------------------------------------------------------------------- roundoff bounds
 #
 # Every comparison of a computed value with its exact value uses `roundoff`: the tolerance is derived from the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -9,15 +11,8 @@ from torch import nn
 from flowlib.training.averaging import WeightAverage, average_beta
 
 
-def closed_form(values: list[torch.Tensor], beta: float) -> torch.Tensor:
-    """:math:`\\sum_s (1-\\beta)\\beta^{t-s}\\theta_s / (1-\\beta^t)`, summed term by term."""
-    t = len(values)
-    total = sum((1 - beta) * beta ** (t - s) * v for s, v in enumerate(values, start=1))
-    return total / (1 - beta ** t)
-
-
 @pytest.mark.parametrize("beta", [0.3, 0.9, 0.999])
-def test_the_running_update_is_the_normalised_exponential_average(beta: float) -> None:
+def test_the_running_update_is_the_normalised_exponential_average(beta: float, average_closed_form: Callable) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double()
     average = WeightAverage(net, beta)
@@ -31,7 +26,7 @@ def test_the_running_update_is_the_normalised_exponential_average(beta: float) -
             seen[name].append(value.clone())
     for name, averaged in average.model.state_dict().items():
         if averaged.is_floating_point():
-            torch.testing.assert_close(averaged, closed_form(seen[name], beta), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(averaged, average_closed_form(seen[name], beta), rtol=1e-12, atol=1e-12)
         else:  # the step counter of batch norm is copied, not averaged
             assert torch.equal(averaged, seen[name][-1]), name
 

@@ -110,10 +110,11 @@ def test_resume_after_max_steps_is_exact(tmp_path):
     assert resumed.test_bpd == full.test_bpd
 
 
-def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp_path, monkeypatch):
+def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp_path, monkeypatch,
+                                                                              average_closed_form):
     """``average_epochs``: the trained weights are those of the plain run; ``checkpoint.pt`` holds their
-    normalised exponential average (closed form, tests/test_averaging.py) and ``best.pt`` the average scored."""
-    from test_averaging import closed_form
+    normalised exponential average (its closed form, ``average_closed_form`` in conftest.py) and ``best.pt`` the
+    average scored."""
 
     plain = T.train(toy_config(tmp_path, "plain"), progress=False)
     trained: list[dict[str, torch.Tensor]] = []
@@ -134,7 +135,7 @@ def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp
     assert ckpt["average"]["updates"] == len(trained) == 16 and ckpt["average"]["beta"] == beta
     for key, value in ckpt["average"]["model"].items():
         if value.is_floating_point():
-            expected = closed_form([w[key].double() for w in trained], beta).float()
+            expected = average_closed_form([w[key].double() for w in trained], beta).float()
             torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
     assert averaged.best_epoch == 2  # so best.pt holds the last average
     best = torch.load(tmp_path / "averaged" / "best.pt", weights_only=True)["model"]
