@@ -1,9 +1,11 @@
 """What does Polyak averaging (``--average-epochs``) cost a training step? With and without, interleaved.
 
 Each cpu preset's model (its batch size, precision and compile setting) takes Adam steps on the same MNIST
-batch, alternately a plain step (`flowlib.training.fit.train_step`) and a step followed by the average's update
-(`flowlib.training.averaging.WeightAverage.update`), so both see the same machine load; the update is also
-timed alone. Medians of ``--steps`` pairs.
+batch, in alternating blocks of ``--block`` plain steps (`flowlib.training.fit.train_step`) and ``--block``
+steps each followed by the average's update (`flowlib.training.averaging.WeightAverage.update`), so both see
+the same machine load, and a plain step never follows an update (which could have evicted its weights from
+the caches) except at the start of a block; the update is also timed alone. Medians over ``--steps`` steps
+of each kind. (The first table, of 2026-12-07 18:45, alternated single steps instead of blocks.)
 
     .venv/bin/python benchmarks/averaging_cost.py           # writes benchmarks/results/averaging_cost.*
     .venv/bin/python benchmarks/averaging_cost.py --quick   # a few steps, nothing written
@@ -24,12 +26,12 @@ import common  # noqa: E402
 
 from flowlib.flow import initialize_from_data, value_checks  # noqa: E402
 from flowlib.training.averaging import WeightAverage, average_beta  # noqa: E402
-from flowlib.training.config import build_model, make_config  # noqa: E402
+from flowlib.training.config import build_model, load_dataset, make_config  # noqa: E402
 from flowlib.training.fit import make_optimizer, train_step  # noqa: E402
 from flowlib.training.precision import resolve_precision  # noqa: E402
 
 
-def measure(model_name: str, steps: int) -> dict:
+def measure(model_name: str, steps: int, block: int) -> dict:
     config = make_config(model_name, "cpu")
     precision = resolve_precision(config.precision, "cpu")
     images, _ = common.load_mnist_images(config.batch_size)
@@ -38,7 +40,7 @@ def measure(model_name: str, steps: int) -> dict:
     model = build_model(config)
     initialize_from_data(model, x)
     optimizer = make_optimizer(model, config.lr)
-    average = WeightAverage(model, average_beta(1, 50000 // config.batch_size))
+    average = WeightAverage(model, average_beta(1, load_dataset(config)["train"].shape[0] // config.batch_size))
 
     def step() -> None:
         train_step(model, optimizer, x, precision=precision, compile=config.compile).item()
@@ -47,20 +49,22 @@ def measure(model_name: str, steps: int) -> dict:
     with value_checks(False):  # as in the trainer's loop
         step()  # warm-up (and the compile, where the preset compiles)
         average.update(model)
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            t1 = time.perf_counter()
-            step()
-            t2 = time.perf_counter()
-            average.update(model)
-            t3 = time.perf_counter()
-            times["plain"].append(t1 - t0)
-            times["averaged"].append(t3 - t1)
-            times["update"].append(t3 - t2)
+        for _ in range(max(1, steps // block)):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                step()
+                times["plain"].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                step()
+                t1 = time.perf_counter()
+                average.update(model)
+                t2 = time.perf_counter()
+                times["averaged"].append(t2 - t0)
+                times["update"].append(t2 - t1)
     median = {k: statistics.median(v) for k, v in times.items()}
     return {"model": model_name, "precision": precision, "compile": config.compile, "batch_size": config.batch_size,
-            "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
+            "parameters": sum(p.numel() for p in model.parameters()), "steps": len(times["plain"]), "block": block,
             "plain_ms": 1e3 * median["plain"], "averaged_ms": 1e3 * median["averaged"],
             "update_ms": 1e3 * median["update"], "cost": median["averaged"] / median["plain"] - 1}
 
@@ -68,12 +72,13 @@ def measure(model_name: str, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["nice", "realnvp", "glow"])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=40, help="steps of each kind")
+    p.add_argument("--block", type=int, default=10, help="steps of one kind in a row")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
-    rows = [measure(m, 2 if args.quick else args.steps) for m in args.models]
+    rows = [measure(m, 2 if args.quick else args.steps, 1 if args.quick else args.block) for m in args.models]
     info = common.machine_info()
     table = common.format_table(
         ["model (cpu preset)", "precision", "compiled", "weights", "step (ms)", "step + update (ms)", "update (ms)",
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         [[r["model"], r["precision"], r["compile"], f"{r['parameters']:,}", f"{r['plain_ms']:.1f}",
           f"{r['averaged_ms']:.1f}", f"{r['update_ms']:.2f}", f"{100 * r['cost']:+.1f}%"] for r in rows])
     markdown = (f"Polyak averaging's cost per training step of each cpu preset, median of {rows[0]['steps']} "
-                f"interleaved pairs ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['time']})"
+                f"steps of each kind in alternating blocks of {rows[0]['block']} "
+                f"({info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['time']})"
                 f"\n\n{table}")
     print(markdown)
     if not args.quick:
