@@ -5,9 +5,10 @@ batch, in alternating blocks of ``--block`` plain steps (`flowlib.training.fit.t
 steps each followed by the average's update (`flowlib.training.averaging.WeightAverage.update`), so both see
 the same machine load, and a plain step never follows an update (which could have evicted its weights from
 the caches) except at the start of a block; the update is also timed alone. Medians over ``--steps`` steps
-of each kind. (The first table, of 2026-12-07 18:45, alternated single steps instead of blocks.)
+of each kind. (An earlier version alternated single steps: ``results/averaging_cost-pairs.md``.)
 
     .venv/bin/python benchmarks/averaging_cost.py           # writes benchmarks/results/averaging_cost.*
+    .venv/bin/python benchmarks/averaging_cost.py --tag repeat --steps 80   # averaging_cost-repeat.*
     .venv/bin/python benchmarks/averaging_cost.py --quick   # a few steps, nothing written
 """
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=10, help="steps of one kind in a row")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--tag", default="", help="results go to averaging_cost-TAG.* (a repeat kept beside the first)")
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
     rows = [measure(m, 2 if args.quick else args.steps, 1 if args.quick else args.block) for m in args.models]
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n\n{table}")
     print(markdown)
     if not args.quick:
-        common.write_results("averaging_cost", {"machine": info, "rows": rows},
-                             markdown + "\n\nCommand: `.venv/bin/python benchmarks/averaging_cost.py`")
+        name = f"averaging_cost-{args.tag}" if args.tag else "averaging_cost"
+        command = " ".join([".venv/bin/python benchmarks/averaging_cost.py", *(argv if argv is not None else sys.argv[1:])])
+        common.write_results(name, {"machine": info, "rows": rows}, markdown + f"\n\nCommand: `{command}`")
     return 0
 
 
