@@ -12,8 +12,9 @@ learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs 
 ``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
 with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
 preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
-``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json`` and
-``glow-mnist-cpu-avg1.json``: the weights' Polyak average over one epoch scored, ``--average-epochs 1``) are drawn
+``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json``,
+``-wd2e-05-seed2-avg1.json`` and ``glow-mnist-cpu-avg1.json``: the weights' Polyak average over one epoch scored,
+``--average-epochs 1``) are drawn
 dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
@@ -47,7 +48,8 @@ COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "resu
                      "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
                      "weight decay 2e-5, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
                      "weight decay 2e-5 and the\nweights' average scored": ROOT / "results" / "nice-mnist-cpu-wd2e-05-avg1.json",
-                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1-avg1.json"},
+                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1-avg1.json",
+                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2-avg1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
