@@ -237,6 +237,18 @@ def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(configs_give
         build_model(dataclasses.replace(seen[0], model_kwargs={"dropout": 1.5}))
 
 
+def test_trainer_min_lr_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    seen = configs_given_to_train
+    assert cli.main(["nice", "--preset", "cpu", "--min-lr", "2e-4"]) == 4
+    assert seen[0].min_lr == 2e-4 and seen[0].out_dir.endswith("nice-mnist-cpu-minlr0.0002")
+    capsys.readouterr()
+    assert cli.main(["nice", "--preset", "cpu", "--min-lr", "1e-3"]) == 2
+    assert "min_lr must be a number in [0, lr) = [0, 0.001), got 0.001" in _one_line_error(capsys)
+    assert cli.main(["nice", "--preset", "cpu", "--min-lr", "1e-4", "--schedule", "constant"]) == 2
+    assert "min_lr is where the cosine schedule ends; schedule is 'constant', not 'cosine'" in _one_line_error(capsys)
+
+
 def test_trainer_average_epochs_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
                                                                           capsys: pytest.CaptureFixture) -> None:
     seen = configs_given_to_train

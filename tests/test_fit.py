@@ -79,6 +79,18 @@ def test_cosine_schedule_closed_form():
         learning_rate("linear", 1.0, 0, 10)
 
 
+def test_cosine_schedule_to_a_floor_closed_form():
+    """With ``min_lr`` the cosine runs from lr to min_lr: half-way it is their mean, at the end min_lr."""
+    lr, floor, total = 1e-3, 2e-4, 400
+    assert learning_rate("cosine", lr, 0, total, min_lr=floor) == lr
+    assert learning_rate("cosine", lr, total // 2, total, min_lr=floor) == pytest.approx((lr + floor) / 2, rel=1e-12)
+    assert learning_rate("cosine", lr, total, total, min_lr=floor) == pytest.approx(floor, rel=1e-12)
+    assert learning_rate("cosine", lr, 10 * total, total, min_lr=floor) == pytest.approx(floor, rel=1e-12)
+    for step in range(total - 1):  # above the floor until the end, and falling
+        assert floor < learning_rate("cosine", lr, step + 1, total, min_lr=floor) < learning_rate(
+            "cosine", lr, step, total, min_lr=floor)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps must be at least 1, got 0"),
     (dict(steps=1, batch_size=1000), r"N >= batch_size = 1000"),

@@ -110,6 +110,24 @@ def test_resume_after_max_steps_is_exact(tmp_path):
     assert resumed.test_bpd == full.test_bpd
 
 
+def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
+    """``min_lr``: the learning rate of every step is the cosine from lr to min_lr over the run's steps."""
+    rates: list[float] = []
+    original = F.train_step
+
+    def step_and_record(model, optimizer, x, **kw):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return original(model, optimizer, x, **kw)
+
+    monkeypatch.setattr(L, "train_step", step_and_record)
+    T.train(toy_config(tmp_path, lr=1e-2, schedule="cosine", min_lr=4e-3), progress=False)
+    total = 16  # 2 epochs of 512 examples in batches of 64
+    assert len(rates) == total
+    for t, rate in enumerate(rates):
+        assert rate == pytest.approx(4e-3 + 0.5 * 6e-3 * (1 + math.cos(math.pi * t / total)), rel=1e-12)
+    assert rates[-1] > 4e-3
+
+
 def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp_path, monkeypatch,
                                                                               average_closed_form):
     """``average_epochs``: the trained weights are those of the plain run; ``checkpoint.pt`` holds their

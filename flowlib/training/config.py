@@ -60,8 +60,9 @@ class TrainConfig:
     on GPUs that have it; `flowlib.training.precision.matmul_precision`), and
     ``results.json`` records the one in effect; ``optimizer`` is ``"adam"`` (with ``betas``, ``eps``,
     ``weight_decay``) or ``"rmsprop_momentum"`` (NICE's released code, `flowlib.training.rmsprop_momentum`);
-    ``schedule`` is ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"exponential"`` (divided by 1.0005
-    per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`); ``compile`` runs
+    ``schedule`` is ``"constant"``, ``"cosine"`` (to ``min_lr``, 0 unless set, over the run) or ``"exponential"``
+    (divided by 1.0005 per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`);
+    ``compile`` runs
     each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its compile time counts in
     the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average of the weights over
     about that many epochs instead of the trained weights (`flowlib.training.averaging`). ``device`` is
@@ -97,6 +98,7 @@ class TrainConfig:
     clip_grad: float | None = None
     optimizer: str = "adam"
     schedule: str = "constant"
+    min_lr: float = 0.0
     precision: str = "auto"
     matmul_precision: str = "fp32"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +130,7 @@ class TrainConfig:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_clip_grad(self.clip_grad)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_min_lr(self.min_lr, self.lr, self.schedule)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         if self.average_epochs is not None:
@@ -203,6 +206,14 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
+def _check_min_lr(min_lr: Any, lr: float, schedule: str) -> None:
+    """``min_lr``: where the cosine ends, a number in ``[0, lr)``; it belongs to the cosine schedule only."""
+    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0.0 <= min_lr < lr:
+        raise ValueError(f"min_lr must be a number in [0, lr) = [0, {lr:g}), got {min_lr!r}")
+    if min_lr > 0 and schedule != "cosine":
+        raise ValueError(f"min_lr is where the cosine schedule ends; schedule is {schedule!r}, not 'cosine'")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -225,7 +236,7 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
-                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "precision": "",
+                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "min_lr": "minlr", "precision": "",
                 "matmul_precision": "", "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile",
                 "average_epochs": "avg"}

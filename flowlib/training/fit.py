@@ -172,8 +172,12 @@ def make_optimizer(
                             fused=fused or None)
 
 
-def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> float:
-    """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant, cosine to 0, or exponential.
+def learning_rate(schedule: str, lr: float, step: int, total_steps: int, min_lr: float = 0.0) -> float:
+    """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant, cosine, or exponential.
+
+    ``"cosine"`` goes from :math:`\\eta` to ``min_lr`` :math:`= \\eta_{\\min}` (0 unless set) over the run,
+    :math:`\\eta_{\\min} + \\tfrac12(\\eta - \\eta_{\\min})(1 + \\cos(\\pi t / T))` (Loshchilov & Hutter 2017,
+    "SGDR: Stochastic gradient descent with warm restarts", ICLR: its cosine annealing, without the restarts).
 
     ``"exponential"`` is NICE's released schedule: :math:`\\max(\\eta / 1.0005^{t}, \\eta / 10)` at step
     :math:`t` (`EXPONENTIAL_DECAY`; the floor from step
@@ -184,13 +188,15 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int) -> floa
     (1.0, 0.5, 0.1)
     >>> learning_rate("exponential", 1e-3, 0, 10), learning_rate("exponential", 1e-3, 10**6, 10)
     (0.001, 0.0001)
+    >>> learning_rate("cosine", 1.0, 5, 10, min_lr=0.5), learning_rate("cosine", 1.0, 10, 10, min_lr=0.5)
+    (0.75, 0.5)
     """
     _check_choice("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return lr
     if schedule == "exponential":
         return max(lr / EXPONENTIAL_DECAY ** min(step, EXPONENTIAL_FLOOR_STEP), lr / 10)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def negative_log_likelihood(model: nn.Module, x: Tensor, scale: float, precision: str = "fp32",
