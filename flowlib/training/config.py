@@ -62,11 +62,10 @@ class TrainConfig:
     ``weight_decay``) or ``"rmsprop_momentum"`` (NICE's released code, `flowlib.training.rmsprop_momentum`);
     ``schedule`` is ``"constant"``, ``"cosine"`` (to ``min_lr``, 0 unless set, over the run) or ``"exponential"``
     (divided by 1.0005 per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`);
-    ``compile`` runs
-    each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its compile time counts in
-    the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average of the weights over
-    about that many epochs instead of the trained weights (`flowlib.training.averaging`). ``device`` is
-    ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``compile`` runs each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its
+    compile time counts in the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average
+    of the weights over about that many epochs instead of the trained weights (`flowlib.training.averaging`).
+    ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
     start or resume, after at least one step; ``max_steps`` counts steps of the
@@ -236,8 +235,8 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
-                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "min_lr": "minlr", "precision": "",
-                "matmul_precision": "", "model_kwargs": "",
+                "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "min_lr": "minlr",
+                "precision": "", "matmul_precision": "", "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile",
                 "average_epochs": "avg"}
 
