@@ -13,7 +13,8 @@ learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs 
 with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
 preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
 ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json``,
-``-wd2e-05-seed2-avg1.json`` and ``glow-mnist-cpu-avg1.json``: the weights' Polyak average over one epoch scored,
+``-wd2e-05-seed2-avg1.json``, ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the weights' Polyak average
+over one epoch scored,
 ``--average-epochs 1``) are drawn
 dashed beside the preset's runs.
 
@@ -56,7 +57,8 @@ COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "resu
                             ROOT / "results" / "realnvp-mnist-cpu-bf16-e7.json"},
             "Glow": {"earlier preset: fp32,\n10 epochs, eager": ROOT / "results" / "glow-mnist-cpu-fp32.json",
                      "bf16, compiled, 16 epochs,\nlr 1e-3": ROOT / "results" / "glow-mnist-cpu-lr1e-3.json",
-                     "the preset, the weights'\naverage scored": ROOT / "results" / "glow-mnist-cpu-avg1.json"}}
+                     "the preset, the weights'\naverage scored": ROOT / "results" / "glow-mnist-cpu-avg1.json",
+                     "the same, seed 1": ROOT / "results" / "glow-mnist-cpu-seed1-avg1.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 TEMPERATURE = 0.7
 
@@ -131,13 +133,20 @@ def draw_zoom(ax, drawn: list[tuple[str, str, dict]]) -> None:
     inset.tick_params(labelsize=7)
 
 
-def compared_color(k: int) -> str:
-    """The colour of the ``k``-th compared run: C4 to C9, then black (C0, the preset's seeds, is never reused).
+#: Colours for compared runs past C9, none of them near C0 (the preset's seeds) or C1 and C3 (the lines).
+EXTRA_COLORS = ("black", "goldenrod", "darkviolet", "teal")
 
-    >>> [compared_color(k) for k in (0, 5, 6)]
-    ['C4', 'C9', 'black']
+
+def compared_color(k: int) -> str:
+    """The colour of the ``k``-th compared run: C4 to C9, then `EXTRA_COLORS` (C0, the preset's seeds, is never
+    reused).
+
+    >>> [compared_color(k) for k in (0, 5, 6, 7)]
+    ['C4', 'C9', 'black', 'goldenrod']
     """
-    return f"C{4 + k}" if k < 6 else "black"
+    if k >= 6 + len(EXTRA_COLORS):
+        raise ValueError(f"at most {6 + len(EXTRA_COLORS)} compared runs have their own colour, got run {k}")
+    return f"C{4 + k}" if k < 6 else EXTRA_COLORS[k - 6]
 
 
 def draw_samples(ax, run: dict) -> None:
@@ -173,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     rows = 2 if args.samples else 1
-    fig, axes = plt.subplots(rows, len(MODELS), figsize=(12, 4.4 * rows + 2.2), layout="constrained", squeeze=False)
+    entries = max(5 + len(COMPARED.get(name, {})) for name in MODELS)  # the longest legend, below its axes
+    fig, axes = plt.subplots(rows, len(MODELS), figsize=(12, 4.4 * rows + 0.45 * entries), layout="constrained",
+                             squeeze=False)
     for col, (name, model) in enumerate(MODELS.items()):
         ax = axes[0, col]
         files = seed_files(model)
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: test bits/dim {spread(tests)}")
         if args.samples:
             draw_samples(axes[1, col], runs[0])
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")  # the legends below the axes included whole
     print(f"wrote {args.out}")
     return 0
 

@@ -19,8 +19,8 @@ over about one epoch (its ``polyak_epochs`` = 1); `TrainConfig.average_epochs` i
 The float buffers (batch norm's running statistics) are averaged the same way, the others copied.
 Training itself is untouched: the optimizer steps on the trained weights, never on the average.
 
-An update reads and writes every weight once: 5.6 ms for NICE's 19 million float32 weights on the two cores of
-an AMD EPYC, 3.8% of its training step (benchmarks/results/averaging_cost.md).
+An update reads and writes every weight once: 5.2 to 6.0 ms for NICE's 19 million float32 weights on the two
+cores of an AMD EPYC, 4 to 9% of its training step in three measurements (benchmarks/results/averaging_cost*.md).
 
 >>> import torch
 >>> net = torch.nn.Linear(1, 1, bias=False)

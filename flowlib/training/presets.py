@@ -78,7 +78,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # 37.3 min, its validation flat over its last 4 epochs (results/glow-mnist-cpu-lr1e-3.json). This preset on
     # the AMD EPYC: 1.363, 1.330 and 1.366 for seeds 0, 1 and 2 (1.353 +- 0.020, at the 1.35 the budget is meant
     # to reach within the seeds' spread) in 27.9, 27.9 and 34.0 min (results/glow-mnist-cpu{,-seed1,-seed2}.json;
-    # seed 0's run repeated its first, 27.7 min, float for float).
+    # seed 0's run repeated its first, 27.7 min, float for float). The weights' average (--average-epochs 1) gained
+    # 0.004 and 0.0005 on seeds 0 and 1 for more time (results/glow-mnist-cpu{,-seed1}-avg1.json; docs/speed.md), so
+    # it is not used here.
     ("glow", "cpu"): dict(epochs=16, batch_size=64, lr=2e-3, clip_grad=100.0, schedule="cosine", compile=True,
                           model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
     ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
