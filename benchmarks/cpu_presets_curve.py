@@ -14,7 +14,8 @@ with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and 
 preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
 ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json``,
 ``-wd2e-05-seed2-avg1.json``, ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the weights' Polyak average
-over one epoch scored,
+over one epoch scored, and ``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json`` the same with the cosine schedule
+ending at 2e-4,
 ``--average-epochs 1``) are drawn
 dashed beside the preset's runs.
 
@@ -50,7 +51,8 @@ COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "resu
                      "weight decay 2e-5, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
                      "weight decay 2e-5 and the\nweights' average scored": ROOT / "results" / "nice-mnist-cpu-wd2e-05-avg1.json",
                      "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1-avg1.json",
-                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2-avg1.json"},
+                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2-avg1.json",
+                     "the same (seed 0), the cosine\nending at 2e-4": ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":

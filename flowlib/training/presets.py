@@ -38,8 +38,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # overfits (validation rises after epoch 38 or 39 on every seed); weight decay 2e-5 reached 4.528, 4.563 and 4.481
     # on seeds 0, 1 and 2 (4.524 +- 0.041, better on every seed; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json),
     # and with the weights' average scored as well (--average-epochs 1) 4.514, 4.548 and 4.469 (4.510 +- 0.040,
-    # better again on every seed; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}-avg1.json); dropout 0.2 much worse
-    # (docs/results.md).
+    # better again on every seed; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}-avg1.json); the same with the cosine
+    # ending at 2e-4 (--min-lr) 4.521 on seed 0, worse; dropout 0.2 much worse (docs/results.md).
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
                             train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
