@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     if not args.quick:
         name = f"averaging_cost-{args.tag}" if args.tag else "averaging_cost"
-        command = " ".join([".venv/bin/python benchmarks/averaging_cost.py", *(argv if argv is not None else sys.argv[1:])])
+        given = argv if argv is not None else sys.argv[1:]
+        command = " ".join([".venv/bin/python benchmarks/averaging_cost.py", *given])
         common.write_results(name, {"machine": info, "rows": rows}, markdown + f"\n\nCommand: `{command}`")
     return 0
 

@@ -14,10 +14,8 @@ with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and 
 preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
 ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json``,
 ``-wd2e-05-seed2-avg1.json``, ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the weights' Polyak average
-over one epoch scored, and ``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json`` the same with the cosine schedule
-ending at 2e-4,
-``--average-epochs 1``) are drawn
-dashed beside the preset's runs.
+over one epoch scored, ``--average-epochs 1``; ``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json``: the same with the
+cosine schedule ending at 2e-4, ``--min-lr 2e-4``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
