@@ -207,7 +207,7 @@ def _check_positive(name: str, value: Any) -> None:
 
 def _check_min_lr(min_lr: Any, lr: float, schedule: str) -> None:
     """``min_lr``: where the cosine ends, a number in ``[0, lr)``; it belongs to the cosine schedule only."""
-    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0.0 <= min_lr < lr:
+    if isinstance(min_lr, bool) or not isinstance(min_lr, Real) or not 0.0 <= min_lr < lr:
         raise ValueError(f"min_lr must be a number in [0, lr) = [0, {lr:g}), got {min_lr!r}")
     if min_lr > 0 and schedule != "cosine":
         raise ValueError(f"min_lr is where the cosine schedule ends; schedule is {schedule!r}, not 'cosine'")
