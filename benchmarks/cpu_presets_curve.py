@@ -9,13 +9,14 @@ preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json`
 learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
 ``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager;
 ``results/glow-mnist-cpu-lr1e-3.json``: the Glow preset at its earlier lr 1e-3;
-``results/nice-mnist-cpu-earlier.json``: an earlier run of the NICE preset and seed 0, made in another session
-with an earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: the NICE
-preset with Adam's weight decay, ``--weight-decay 1e-5`` and ``2e-5``, and ``-wd2e-05-seed1.json`` and
-``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``; ``-wd2e-05-avg1.json``, ``-wd2e-05-seed1-avg1.json``,
-``-wd2e-05-seed2-avg1.json``, ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the weights' Polyak average
-over one epoch scored, ``--average-epochs 1``; ``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json``: the same with the
-cosine schedule ending at 2e-4, ``--min-lr 2e-4``) are drawn dashed beside the preset's runs.
+``results/nice-mnist-cpu-wd0-noavg.json``, ``-wd0-seed1-noavg.json`` and ``-wd0-seed2-noavg.json``: the NICE
+preset before weight decay and the weights' average went into it, ``--weight-decay 0 --average-epochs 0``;
+``results/nice-mnist-cpu-earlier.json``: an earlier run of that and seed 0, made in another session with an
+earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: weight decay 1e-5
+and 2e-5 without the average, and ``-wd2e-05-seed1.json`` and ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``;
+``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json``: the NICE preset with the cosine schedule ending at 2e-4,
+``--min-lr 2e-4``; ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the Glow preset with the weights'
+Polyak average over one epoch scored, ``--average-epochs 1``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -42,15 +43,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
-COMPARED = {"NICE": {"an earlier run of the same\npreset and seed": ROOT / "results" / "nice-mnist-cpu-earlier.json",
-                     "weight decay 1e-5": ROOT / "results" / "nice-mnist-cpu-wd1e-05.json",
-                     "weight decay 2e-5": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
-                     "weight decay 2e-5, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
-                     "weight decay 2e-5, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
-                     "weight decay 2e-5 and the\nweights' average scored": ROOT / "results" / "nice-mnist-cpu-wd2e-05-avg1.json",
-                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1-avg1.json",
-                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2-avg1.json",
-                     "the same (seed 0), the cosine\nending at 2e-4": ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
+COMPARED = {"NICE": {"neither weight decay nor the\naverage (the preset before)":
+                         ROOT / "results" / "nice-mnist-cpu-wd0-noavg.json",
+                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd0-seed1-noavg.json",
+                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd0-seed2-noavg.json",
+                     "an earlier run of that, seed 0": ROOT / "results" / "nice-mnist-cpu-earlier.json",
+                     "weight decay 1e-5, no average": ROOT / "results" / "nice-mnist-cpu-wd1e-05.json",
+                     "weight decay 2e-5 alone": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
+                     "weight decay 2e-5 alone, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
+                     "weight decay 2e-5 alone, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
+                     "the preset, the cosine\nending at 2e-4": ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":

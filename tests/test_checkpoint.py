@@ -255,5 +255,14 @@ def test_trainer_average_epochs_reaches_the_config_and_the_run_folder_name(confi
     assert cli.main(["glow", "--preset", "cpu", "--average-epochs", "1"]) == 4
     assert seen[0].average_epochs == 1.0 and seen[0].out_dir.endswith("glow-mnist-cpu-avg1")
     capsys.readouterr()
-    assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "0"]) == 2
-    assert "average_epochs must be a positive finite number, got 0.0" in _one_line_error(capsys)
+    assert cli.main(["nice", "--preset", "cpu"]) == 4
+    assert seen[1].average_epochs == 1.0 and seen[1].out_dir.endswith("nice-mnist-cpu")
+    assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "0"]) == 4  # 0: the preset's average off
+    assert seen[2].average_epochs is None and seen[2].out_dir.endswith("nice-mnist-cpu-noavg")
+    # the NICE preset before weight decay and the average: results/nice-mnist-cpu-wd0-seed1-noavg.json
+    assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "0", "--average-epochs", "0", "--seed", "1"]) == 4
+    assert (seen[3].weight_decay, seen[3].average_epochs) == (0.0, None)
+    assert seen[3].out_dir.endswith("nice-mnist-cpu-wd0-seed1-noavg")
+    capsys.readouterr()
+    assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "-1"]) == 2
+    assert "average_epochs must be a positive finite number, got -1.0" in _one_line_error(capsys)

@@ -273,8 +273,8 @@ def _name_suffix(base: TrainConfig, config: TrainConfig) -> str:
         value = getattr(config, name)
         if value == getattr(base, name):
             continue
-        if isinstance(value, bool):
-            parts.append(short if value else f"no{short}")
+        if isinstance(value, bool) or value is None:
+            parts.append(short if value else f"no{short}")  # compile off, or a preset's average turned off
             continue
         if isinstance(value, dict):
             value = "-".join(f"{k}{v}" for k, v in sorted(value.items()))

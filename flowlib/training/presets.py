@@ -33,14 +33,16 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (687 against 337
     # samples/s in fp32 over a whole fit with its validation passes, 0.002 bits/dim apart after 1,250 steps:
     # benchmarks/results/precision_check.md),
-    # 65 epochs with the learning rate on a cosine to 0. On the AMD EPYC: 4.564, 4.581 and 4.526 test bits/dim for
-    # seeds 0, 1 and 2 (4.557 +- 0.028) in 32.5, 30.2 and 30.0 min (results/nice-mnist-cpu{,-seed1,-seed2}.json); it
-    # overfits (validation rises after epoch 38 or 39 on every seed); weight decay 2e-5 reached 4.528, 4.563 and 4.481
-    # on seeds 0, 1 and 2 (4.524 +- 0.041, better on every seed; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json),
-    # and with the weights' average scored as well (--average-epochs 1) 4.514, 4.548 and 4.469 (4.510 +- 0.040,
-    # better again on every seed; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}-avg1.json); the same with the cosine
-    # ending at 2e-4 (--min-lr) 4.521 on seed 0, worse; dropout 0.2 much worse (docs/results.md).
-    ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", **_NICE_ADAM),
+    # 65 epochs with the learning rate on a cosine to 0, weight decay 2e-5, and the weights' Polyak average over
+    # one epoch scored and kept (`flowlib.training.averaging`). On the AMD EPYC: 4.514, 4.548 and 4.469 test
+    # bits/dim for seeds 0, 1 and 2 (4.510 +- 0.040) in 33.0, 29.2 and 33.4 min (results/nice-mnist-cpu{,-seed1,
+    # -seed2}.json). Without the decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581 and 4.526
+    # (4.557 +- 0.028; results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json): it overfits, validation rising after
+    # epoch 38 or 39 on every seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481 (4.524 +- 0.041;
+    # results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better on every seed.
+    # The cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; dropout 0.2 much worse (docs/results.md).
+    ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", weight_decay=2e-5, average_epochs=1.0,
+                          **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
                             train_size=1000, eval_size=500, log_every=5, **_NICE_ADAM),
     # Multi-scale RealNVP (Dinh et al. 2017, section 3.6) with residual s/t nets of 64 features
