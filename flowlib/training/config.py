@@ -64,7 +64,8 @@ class TrainConfig:
     (divided by 1.0005 per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`);
     ``compile`` runs each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its
     compile time counts in the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average
-    of the weights over about that many epochs instead of the trained weights (`flowlib.training.averaging`).
+    of the weights over about that many epochs instead of the trained weights (`flowlib.training.averaging`;
+    NICE's ``cpu`` preset sets 1, and None, ``--average-epochs 0`` on the command line, turns it off).
     ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ``max_minutes`` stops the run, with a checkpoint that ``--resume``
     continues exactly, after that many minutes of this call (timed from its
