@@ -249,6 +249,18 @@ def test_trainer_min_lr_reaches_the_config_and_the_run_folder_name(configs_given
     assert "min_lr is where the cosine schedule ends; schedule is 'constant', not 'cosine'" in _one_line_error(capsys)
 
 
+def test_trainer_warmup_epochs_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    seen = configs_given_to_train
+    assert cli.main(["glow", "--preset", "cpu", "--warmup-epochs", "0.5"]) == 4
+    assert seen[0].warmup_epochs == 0.5 and seen[0].out_dir.endswith("glow-mnist-cpu-warmup0.5")
+    capsys.readouterr()
+    assert cli.main(["glow", "--preset", "cpu", "--warmup-epochs", "17"]) == 2
+    assert "warmup_epochs must be a number in [0, epochs] = [0, 16], got 17.0" in _one_line_error(capsys)
+    assert cli.main(["glow", "--preset", "cpu", "--warmup-epochs", "-1"]) == 2
+    assert "warmup_epochs must be a number in [0, epochs] = [0, 16], got -1.0" in _one_line_error(capsys)
+
+
 def test_trainer_average_epochs_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
                                                                           capsys: pytest.CaptureFixture) -> None:
     seen = configs_given_to_train

@@ -91,6 +91,20 @@ def test_cosine_schedule_to_a_floor_closed_form():
             "cosine", lr, step, total, min_lr=floor)
 
 
+def test_warmup_closed_form():
+    """``warmup_steps`` W: each schedule's rate times min(1, (t + 1)/W), so linear up to step W - 1, then untouched."""
+    lr, total, warmup = 2e-3, 1000, 100
+    for schedule in ("constant", "cosine", "exponential"):
+        for step in (0, 1, 49, 98, 99, 100, 500, 999):
+            plain = learning_rate(schedule, lr, step, total)
+            assert learning_rate(schedule, lr, step, total, warmup_steps=warmup) == pytest.approx(
+                plain * min(1.0, (step + 1) / warmup), rel=1e-12)
+    assert learning_rate("constant", lr, 0, total, warmup_steps=warmup) == pytest.approx(lr / warmup, rel=1e-12)
+    assert learning_rate("cosine", lr, 99, total, warmup_steps=warmup) == learning_rate("cosine", lr, 99, total)
+    rising = [learning_rate("cosine", lr, t, total, warmup_steps=warmup) for t in range(warmup)]
+    assert all(a < b for a, b in zip(rising, rising[1:]))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps must be at least 1, got 0"),
     (dict(steps=1, batch_size=1000), r"N >= batch_size = 1000"),

@@ -128,6 +128,26 @@ def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
     assert rates[-1] > 4e-3
 
 
+def test_the_trainer_warms_the_learning_rate_up(tmp_path, monkeypatch):
+    """``warmup_epochs``: the first epoch's rates rise linearly to the cosine's, which the second follows alone."""
+    rates: list[float] = []
+    original = F.train_step
+
+    def step_and_record(model, optimizer, x, **kw):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return original(model, optimizer, x, **kw)
+
+    monkeypatch.setattr(L, "train_step", step_and_record)
+    T.train(toy_config(tmp_path, lr=1e-2, schedule="cosine", warmup_epochs=1.0), progress=False)
+    total, warmup = 16, 8  # 2 epochs of 8 steps (512 examples in batches of 64), the first warming up
+    assert len(rates) == total
+    for t, rate in enumerate(rates):
+        cosine = 0.5 * 1e-2 * (1 + math.cos(math.pi * t / total))
+        assert rate == pytest.approx(cosine * min(1.0, (t + 1) / warmup), rel=1e-12)
+    assert rates[0] == pytest.approx(1e-2 / warmup, rel=1e-12) and rates[0] < rates[1] < rates[2]
+    assert Path(Cfg.make_config("glow", "cpu", warmup_epochs=1.0).out_dir).name == "glow-mnist-cpu-warmup1"
+
+
 def test_polyak_average_leaves_training_alone_and_is_what_is_scored_and_kept(tmp_path, monkeypatch,
                                                                               average_closed_form):
     """``average_epochs``: the trained weights are those of the plain run; ``checkpoint.pt`` holds their

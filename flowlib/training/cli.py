@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"],
                    help="learning rate: constant, cosine to 0, or divided by 1.0005 per update down to a tenth")
     p.add_argument("--min-lr", type=float, help="where the cosine schedule ends (default 0)")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="raise the learning rate linearly over this many epochs first (default 0: no warm-up)")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast for the nets where the hardware has it (auto, the default), or not")
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fields = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                   optimizer=args.optimizer, schedule=args.schedule, min_lr=args.min_lr,
+                  warmup_epochs=args.warmup_epochs,
                   seed=args.seed, precision=args.precision, matmul_precision=args.matmul_precision,
                   max_steps=args.max_steps, max_minutes=args.max_minutes, device=args.device,
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None,

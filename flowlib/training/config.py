@@ -61,7 +61,8 @@ class TrainConfig:
     ``results.json`` records the one in effect; ``optimizer`` is ``"adam"`` (with ``betas``, ``eps``,
     ``weight_decay``) or ``"rmsprop_momentum"`` (NICE's released code, `flowlib.training.rmsprop_momentum`);
     ``schedule`` is ``"constant"``, ``"cosine"`` (to ``min_lr``, 0 unless set, over the run) or ``"exponential"``
-    (divided by 1.0005 per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`);
+    (divided by 1.0005 per update down to a tenth, NICE's released code; `flowlib.training.fit.learning_rate`),
+    each multiplied by a linear warm-up over the first ``warmup_epochs`` epochs when that is above 0;
     ``compile`` runs each step's loss through ``torch.compile`` (`flowlib.training.fit.compiled_loss`; its
     compile time counts in the run's wall time). ``average_epochs``, when set, scores and keeps a Polyak average
     of the weights over about that many epochs instead of the trained weights (`flowlib.training.averaging`;
@@ -99,6 +100,7 @@ class TrainConfig:
     optimizer: str = "adam"
     schedule: str = "constant"
     min_lr: float = 0.0
+    warmup_epochs: float = 0.0
     precision: str = "auto"
     matmul_precision: str = "fp32"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +133,7 @@ class TrainConfig:
         check_clip_grad(self.clip_grad)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_min_lr(self.min_lr, self.lr, self.schedule)
+        _check_warmup_epochs(self.warmup_epochs, self.epochs)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         if self.average_epochs is not None:
@@ -206,6 +209,12 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
+def _check_warmup_epochs(warmup_epochs: Any, epochs: int) -> None:
+    """``warmup_epochs``: how long the linear warm-up of the learning rate lasts, a number in ``[0, epochs]``."""
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, Real) or not 0.0 <= warmup_epochs <= epochs:
+        raise ValueError(f"warmup_epochs must be a number in [0, epochs] = [0, {epochs}], got {warmup_epochs!r}")
+
+
 def _check_min_lr(min_lr: Any, lr: float, schedule: str) -> None:
     """``min_lr``: where the cosine ends, a number in ``[0, lr)``; it belongs to the cosine schedule only."""
     if isinstance(min_lr, bool) or not isinstance(min_lr, Real) or not 0.0 <= min_lr < lr:
@@ -237,6 +246,7 @@ def _check_model_and_dataset(model: str, dataset: str) -> None:
 #: How a changed field shows in the default run folder's name.
 _NAME_FIELDS = {"epochs": "epochs", "batch_size": "batch", "lr": "lr", "betas": "betas", "eps": "eps",
                 "weight_decay": "wd", "clip_grad": "clip", "optimizer": "", "schedule": "", "min_lr": "minlr",
+                "warmup_epochs": "warmup",
                 "precision": "", "matmul_precision": "", "model_kwargs": "",
                 "train_size": "train", "eval_size": "eval", "seed": "seed", "eval_samples": "is", "compile": "compile",
                 "average_epochs": "avg"}

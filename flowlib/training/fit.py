@@ -172,7 +172,8 @@ def make_optimizer(
                             fused=fused or None)
 
 
-def learning_rate(schedule: str, lr: float, step: int, total_steps: int, min_lr: float = 0.0) -> float:
+def learning_rate(schedule: str, lr: float, step: int, total_steps: int, min_lr: float = 0.0,
+                  warmup_steps: int = 0) -> float:
     """The learning rate of step ``step`` (0-based) out of ``total_steps``: constant, cosine, or exponential.
 
     ``"cosine"`` goes from :math:`\\eta` to ``min_lr`` :math:`= \\eta_{\\min}` (0 unless set) over the run,
@@ -184,6 +185,12 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int, min_lr:
     :math:`\\lceil \\ln 10 / \\ln 1.0005 \\rceil = 4607` on, `EXPONENTIAL_FLOOR_STEP`). A pure function of
     the step, so a resumed run follows the same schedule.
 
+    ``warmup_steps`` :math:`= W > 0` multiplies any of them by :math:`\\min(1, (t + 1)/W)`: a linear warm-up
+    from :math:`\\eta/W` at the first step to the schedule's own rate from step :math:`W - 1` on (Glow's
+    released code, openai/glow ``train.py``, warms its rate up linearly from 0 over its first epochs).
+
+    >>> learning_rate("constant", 1.0, 0, 10, warmup_steps=4), learning_rate("constant", 1.0, 3, 10, warmup_steps=4)
+    (0.25, 1.0)
     >>> learning_rate("cosine", 1.0, 0, 10), learning_rate("cosine", 1.0, 5, 10), learning_rate("constant", 0.1, 7, 10)
     (1.0, 0.5, 0.1)
     >>> learning_rate("exponential", 1e-3, 0, 10), learning_rate("exponential", 1e-3, 10**6, 10)
@@ -192,11 +199,13 @@ def learning_rate(schedule: str, lr: float, step: int, total_steps: int, min_lr:
     (0.75, 0.5)
     """
     _check_choice("schedule", schedule, SCHEDULES)
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if schedule == "constant":
-        return lr
+        return lr * warmup
     if schedule == "exponential":
-        return max(lr / EXPONENTIAL_DECAY ** min(step, EXPONENTIAL_FLOOR_STEP), lr / 10)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        return max(lr / EXPONENTIAL_DECAY ** min(step, EXPONENTIAL_FLOOR_STEP), lr / 10) * warmup
+    cosine = min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return cosine * warmup
 
 
 def negative_log_likelihood(model: nn.Module, x: Tensor, scale: float, precision: str = "fp32",

@@ -211,7 +211,8 @@ def _step(run: Run, order: Tensor, loss_sum: Tensor) -> None:
     cfg, st = run.config, run.state
     batch = order[st.step_in_epoch * cfg.batch_size:(st.step_in_epoch + 1) * cfg.batch_size]
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg.schedule, cfg.lr, st.steps, cfg.epochs * run.steps_per_epoch, cfg.min_lr)
+        group["lr"] = learning_rate(cfg.schedule, cfg.lr, st.steps, cfg.epochs * run.steps_per_epoch, cfg.min_lr,
+                                    round(cfg.warmup_epochs * run.steps_per_epoch))
         if "momentum" in group:  # RMSPropMomentum: the released code's ramp, a function of the epoch
             group["momentum"] = momentum_ramp(st.epoch + 1)
     run.in_step = True
