@@ -110,8 +110,8 @@ def test_resume_after_max_steps_is_exact(tmp_path):
     assert resumed.test_bpd == full.test_bpd
 
 
-def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
-    """``min_lr``: the learning rate of every step is the cosine from lr to min_lr over the run's steps."""
+def learning_rates_of_the_steps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A list that gets the learning rate of every step the trainer takes from now on."""
     rates: list[float] = []
     original = F.train_step
 
@@ -120,6 +120,12 @@ def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
         return original(model, optimizer, x, **kw)
 
     monkeypatch.setattr(L, "train_step", step_and_record)
+    return rates
+
+
+def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
+    """``min_lr``: the learning rate of every step is the cosine from lr to min_lr over the run's steps."""
+    rates = learning_rates_of_the_steps(monkeypatch)
     T.train(toy_config(tmp_path, lr=1e-2, schedule="cosine", min_lr=4e-3), progress=False)
     total = 16  # 2 epochs of 512 examples in batches of 64
     assert len(rates) == total
@@ -130,14 +136,7 @@ def test_the_trainer_steps_with_the_cosine_to_min_lr(tmp_path, monkeypatch):
 
 def test_the_trainer_warms_the_learning_rate_up(tmp_path, monkeypatch):
     """``warmup_epochs``: the first epoch's rates rise linearly to the cosine's, which the second follows alone."""
-    rates: list[float] = []
-    original = F.train_step
-
-    def step_and_record(model, optimizer, x, **kw):
-        rates.append(optimizer.param_groups[0]["lr"])
-        return original(model, optimizer, x, **kw)
-
-    monkeypatch.setattr(L, "train_step", step_and_record)
+    rates = learning_rates_of_the_steps(monkeypatch)
     T.train(toy_config(tmp_path, lr=1e-2, schedule="cosine", warmup_epochs=1.0), progress=False)
     total, warmup = 16, 8  # 2 epochs of 8 steps (512 examples in batches of 64), the first warming up
     assert len(rates) == total
