@@ -16,7 +16,9 @@ earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-
 and 2e-5 without the average, and ``-wd2e-05-seed1.json`` and ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``;
 ``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json``: the NICE preset with the cosine schedule ending at 2e-4,
 ``--min-lr 2e-4``; ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the Glow preset with the weights'
-Polyak average over one epoch scored, ``--average-epochs 1``) are drawn dashed beside the preset's runs.
+Polyak average over one epoch scored, ``--average-epochs 1``; ``glow-mnist-cpu-warmup1.json`` and
+``-warmup1-seed1.json``: the Glow preset with its learning rate warmed up linearly over the first epoch,
+``--warmup-epochs 1``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
@@ -52,7 +54,8 @@ COMPARED = {"NICE": {"neither weight decay nor the\naverage (the preset before)"
                      "weight decay 2e-5 alone": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
                      "weight decay 2e-5 alone, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
                      "weight decay 2e-5 alone, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
-                     "the preset, the cosine\nending at 2e-4": ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
+                     "the preset, the cosine\nending at 2e-4":
+                         ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
@@ -60,7 +63,10 @@ COMPARED = {"NICE": {"neither weight decay nor the\naverage (the preset before)"
             "Glow": {"earlier preset: fp32,\n10 epochs, eager": ROOT / "results" / "glow-mnist-cpu-fp32.json",
                      "bf16, compiled, 16 epochs,\nlr 1e-3": ROOT / "results" / "glow-mnist-cpu-lr1e-3.json",
                      "the preset, the weights'\naverage scored": ROOT / "results" / "glow-mnist-cpu-avg1.json",
-                     "the same, seed 1": ROOT / "results" / "glow-mnist-cpu-seed1-avg1.json"}}
+                     "the average, seed 1": ROOT / "results" / "glow-mnist-cpu-seed1-avg1.json",
+                     "the preset, the learning rate\nwarmed up over the first epoch":
+                         ROOT / "results" / "glow-mnist-cpu-warmup1.json",
+                     "the warm-up, seed 1": ROOT / "results" / "glow-mnist-cpu-warmup1-seed1.json"}}
 OUT = Path(__file__).resolve().parent / "results" / "cpu_presets.png"
 TEMPERATURE = 0.7
 

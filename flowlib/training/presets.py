@@ -83,7 +83,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # to reach within the seeds' spread) in 27.9, 27.9 and 34.0 min (results/glow-mnist-cpu{,-seed1,-seed2}.json;
     # seed 0's run repeated its first, 27.7 min, float for float). The weights' average (--average-epochs 1) gained
     # 0.004 and 0.0005 on seeds 0 and 1 for more time (results/glow-mnist-cpu{,-seed1}-avg1.json; docs/speed.md), so
-    # it is not used here.
+    # it is not used here. A linear warm-up over the first epoch (--warmup-epochs 1) gave 1.352 on seed 0 and 1.361 on
+    # seed 1 (results/glow-mnist-cpu-warmup1{,-seed1}.json): not used either.
     ("glow", "cpu"): dict(epochs=16, batch_size=64, lr=2e-3, clip_grad=100.0, schedule="cosine", compile=True,
                           model_kwargs=dict(steps_per_scale=8, hidden_channels=96), eval_batch_size=500),
     ("glow", "quick"): dict(epochs=2, batch_size=32, lr=1e-3, clip_grad=100.0, precision="fp32",
