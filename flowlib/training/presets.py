@@ -41,7 +41,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # epoch 38 or 39 on every seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481 (4.524 +- 0.041;
     # results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better on every seed.
     # The cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; an average over two epochs
-    # (--average-epochs 2) 4.514 on seed 0, the same; dropout 0.2 much worse (docs/results.md).
+    # (--average-epochs 2) 4.514 on seed 0, the same; weight decay 5e-5 and dropout 0.2 much worse (docs/results.md).
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", weight_decay=2e-5, average_epochs=1.0,
                           **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
