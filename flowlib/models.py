@@ -74,7 +74,7 @@ def _check_vector_model(dim: int, num_couplings: int, hidden: int, num_hidden_la
 
 def nice(
     dim: int, num_couplings: int = 4, hidden: int = 1000, num_hidden_layers: int = 5,
-    prior: str = "logistic", dequantize: bool = False, dropout: float = 0.0,
+    prior: str = "logistic", dequantize: bool = False, dropout: float = 0.0, zero_hidden_bias: bool = False,
 ) -> FlowModel:
     """NICE: additive couplings on alternating odd/even halves, then diagonal scaling.
 
@@ -94,7 +94,8 @@ def nice(
     for k in range(num_couplings):
         mask = alternating_mask(dim, parity=k % 2)
         n_cond = int(mask.sum())
-        net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers, dropout=dropout)
+        net = MLP(n_cond, dim - n_cond, hidden=hidden, num_hidden_layers=num_hidden_layers, dropout=dropout,
+                  zero_hidden_bias=zero_hidden_bias)
         layers.append(AdditiveCoupling(mask, net))
     prior_dist = make_prior(prior)
     layers.append(DiagonalScaling(dim, init_std=prior_dist.std))

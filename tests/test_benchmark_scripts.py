@@ -20,7 +20,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def scripts():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield {name: importlib.import_module(name) for name in ("common", "cpu_presets_curve", "preset_candidates")}
+        yield {name: importlib.import_module(name)
+               for name in ("common", "cpu_presets_curve", "preset_candidates", "dead_units")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -42,6 +43,17 @@ def test_candidates_train_for_equal_time_at_their_measured_speeds(scripts):
         assert run["steps"] == max(1, round(result["minutes"] * 60 * speed[name]))
         assert run["valid_steps"][-1] == run["steps"] and len(run["valid_bpd_fp32"]) == len(run["valid_steps"])
     assert runs["fast-lr"]["overrides"] == {"lr": 0.002}
+
+
+def test_dead_units_reports_every_hidden_layer_from_the_first_step(scripts):
+    data = scripts["dead_units"].main(["--quick", "--candidate", "base={}",
+                                       "--candidate", 'pytorch-bias={"model_kwargs": {"zero_hidden_bias": false}}'])
+    assert [c["name"] for c in data["candidates"]] == ["base", "pytorch-bias"]
+    for candidate in data["candidates"]:
+        reports = candidate["reports"]
+        assert [r["step"] for r in reports] == [0, 3, 6] and reports[0]["train_bpd"] is None
+        assert all(len(r["dead"]) == 2 and all(0.0 <= f <= 1.0 for f in r["dead"]) for r in reports)  # quick: 2 layers
+        assert candidate["valid_bpd"] > 0
 
 
 def test_a_candidate_must_be_name_and_json(scripts):

@@ -228,13 +228,28 @@ def test_trainer_dropout_reaches_nices_nets_and_the_run_folder_name(configs_give
                                                                     capsys: pytest.CaptureFixture) -> None:
     seen = configs_given_to_train
     assert cli.main(["nice", "--preset", "cpu", "--dropout", "0.2"]) == 4
-    assert seen[0].model_kwargs == {"dropout": 0.2} and seen[0].out_dir.endswith("nice-mnist-cpu-dropout0.2")
+    assert seen[0].model_kwargs == {"zero_hidden_bias": True, "dropout": 0.2}  # the preset's, and the rate
+    assert seen[0].out_dir.endswith("nice-mnist-cpu-dropout0.2")
     capsys.readouterr()
     assert cli.main(["glow", "--preset", "cpu", "--dropout", "0.2"]) == 2
     assert "--dropout is for nice (its coupling MLPs), got model 'glow'" in _one_line_error(capsys)
     from flowlib.training.config import build_model  # the rate is checked where the nets are built
     with pytest.raises(ValueError, match="dropout must be a probability in \\[0, 1\\), got 1.5"):
         build_model(dataclasses.replace(seen[0], model_kwargs={"dropout": 1.5}))
+
+
+def test_trainer_hidden_bias_reaches_nices_nets_and_the_run_folder_name(configs_given_to_train: list,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    seen = configs_given_to_train
+    # NICE's cpu preset before its hidden biases started at zero: results/nice-mnist-cpu-zero_hidden_biasFalse-seed1.json
+    assert cli.main(["nice", "--preset", "cpu", "--hidden-bias", "pytorch", "--seed", "1"]) == 4
+    assert seen[0].model_kwargs == {"zero_hidden_bias": False}
+    assert seen[0].out_dir.endswith("nice-mnist-cpu-zero_hidden_biasFalse-seed1")
+    assert cli.main(["nice", "--preset", "cpu", "--hidden-bias", "zero"]) == 4  # the preset's own
+    assert seen[1].model_kwargs == {"zero_hidden_bias": True} and seen[1].out_dir.endswith("nice-mnist-cpu")
+    capsys.readouterr()
+    assert cli.main(["realnvp", "--preset", "cpu", "--hidden-bias", "zero"]) == 2
+    assert "--hidden-bias is for nice (its coupling MLPs), got model 'realnvp'" in _one_line_error(capsys)
 
 
 def test_trainer_min_lr_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,
@@ -271,10 +286,12 @@ def test_trainer_average_epochs_reaches_the_config_and_the_run_folder_name(confi
     assert seen[1].average_epochs == 1.0 and seen[1].out_dir.endswith("nice-mnist-cpu")
     assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "0"]) == 4  # 0: the preset's average off
     assert seen[2].average_epochs is None and seen[2].out_dir.endswith("nice-mnist-cpu-noavg")
-    # the NICE preset before weight decay and the average: results/nice-mnist-cpu-wd0-seed1-noavg.json
-    assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "0", "--average-epochs", "0", "--seed", "1"]) == 4
-    assert (seen[3].weight_decay, seen[3].average_epochs) == (0.0, None)
-    assert seen[3].out_dir.endswith("nice-mnist-cpu-wd0-seed1-noavg")
+    # the NICE preset before weight decay, the average and the zero hidden biases:
+    # results/nice-mnist-cpu-wd0-seed1-noavg.json, run when the preset had none of them
+    assert cli.main(["nice", "--preset", "cpu", "--weight-decay", "0", "--average-epochs", "0", "--seed", "1",
+                     "--hidden-bias", "pytorch"]) == 4
+    assert (seen[3].weight_decay, seen[3].average_epochs, seen[3].model_kwargs) == (0.0, None, {"zero_hidden_bias": False})
+    assert seen[3].out_dir.endswith("nice-mnist-cpu-wd0-zero_hidden_biasFalse-seed1-noavg")
     capsys.readouterr()
     assert cli.main(["nice", "--preset", "cpu", "--average-epochs", "-1"]) == 2
     assert "average_epochs must be a positive finite number, got -1.0" in _one_line_error(capsys)

@@ -500,10 +500,37 @@ def test_nan_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeyp
 # ----------------------------------------------------------------------------- presets, MNIST, command line
 
 
+def test_nice_papers_eps_in_bits_per_dim_takes_the_papers_steps():
+    """Adam on a loss c times smaller takes the same steps only with an eps c times smaller.
+
+    The paper's eps 1e-4 is on nats per example; the paper preset's eps on the trainer's bits/dim loss is that
+    times the loss factor 1 / (D ln 2). Gradients of a NICE started at zero are small enough for the unscaled
+    eps to change the steps."""
+    from flowlib.models import nice
+
+    paper = Cfg.make_config("nice", "paper")
+    assert paper.eps == pytest.approx(1e-4 * F.loss_scale(Cfg.build_model(paper), "bpd"), rel=1e-12)
+    torch.manual_seed(0)
+    models = [nice(8, num_couplings=2, hidden=16, num_hidden_layers=2).double() for _ in range(3)]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    factor = F.loss_scale(models[0], "bpd")
+    steps_in = {"nats": (models[0], 1e-4), "bpd": (models[1], 1e-4 * factor), "unscaled": (models[2], 1e-4)}
+    optimizers = {k: F.make_optimizer(m, 1e-3, (0.9, 0.99), eps) for k, (m, eps) in steps_in.items()}
+    x = torch.rand(256, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for key, (model, _) in steps_in.items():
+            F.train_step(model, optimizers[key], x, unit="nats" if key == "nats" else "bpd")
+    gap = lambda m: max((a - b).abs().max().item() for a, b in zip(models[0].parameters(), m.parameters()))  # noqa: E731
+    assert gap(models[1]) < 1e-9 < 1e-4 < gap(models[2])
+
+
 def test_presets_and_bad_names():
     paper = Cfg.make_config("nice", "paper")
     # NICE's "beta2 = 0.01" in the first Adam notation (beta = 1 - decay) is today's 0.99.
-    assert (paper.lr, paper.betas, paper.eps) == (1e-3, (0.9, 0.99), 1e-4)
+    # Its eps 1e-4 is on nats per example; the trainer's loss is in bits/dim (next test).
+    assert (paper.lr, paper.betas) == (1e-3, (0.9, 0.99))
+    assert paper.eps == pytest.approx(1e-4 / (784 * math.log(2)), rel=1e-12)
     model = Cfg.build_model(paper)
     # 4 couplings of 392 -> 1000 -> (4 x 1000 -> 1000) -> 392 with biases, plus 784 scales.
     assert sum(p.numel() for p in model.parameters()) == 4 * (393 * 1000 + 4 * 1001 * 1000 + 1001 * 392) + 784

@@ -26,6 +26,12 @@
   a power of :math:`p_X` only when the log-determinant does not depend on
   :math:`x` (a volume-preserving flow up to a constant); for other priors
   (the logistic) not even then.
+* **Dead units.** A ReLU unit of a coupling net is *dead* on a set of inputs
+  when its pre-activation is negative for every one of them: it is 0 for all of
+  them, adds nothing to the coupling's output, and gets no gradient from them,
+  so training does not bring it back. `dead_unit_fractions` gives, for each
+  hidden layer of the coupling nets (`~flowlib.nets.MLP`), the fraction of its
+  units that are dead on ``x``, averaged over the couplings.
 * **Ranking inputs.** `auroc` is the Mann-Whitney probability
   :math:`P(s_{out} > s_{in}) + \\tfrac12 P(s_{out} = s_{in})` that a score (here
   bits/dim) puts a random example of one set above a random example of
@@ -48,7 +54,8 @@ from torch import Tensor, nn
 
 from ..distributions import Prior, StandardLogistic, StandardNormal
 
-__all__ = ["auroc", "encode", "latent_moments", "prior_quantile", "qq_points", "tempered_log_prob"]
+__all__ = ["auroc", "dead_unit_fractions", "encode", "latent_moments", "prior_quantile", "qq_points",
+           "tempered_log_prob"]
 
 
 @torch.no_grad()
@@ -73,6 +80,48 @@ def encode(model: nn.Module, x: Tensor, batch_size: int = 500) -> tuple[Tensor, 
         zs.append(z.flatten(1).cpu())
         dets.append(log_det.cpu())
     return torch.cat(zs), torch.cat(dets)
+
+
+@torch.no_grad()
+def dead_unit_fractions(model: nn.Module, x: Tensor) -> list[float]:
+    """Per hidden layer of the coupling nets, the fraction of units off (ReLU output 0) for every example of ``x``.
+
+    ``model`` is a flow model whose ``flow`` is a sequence of layers; ``x`` passes through them in order (a
+    `~flowlib.dequantization.Dequantize` draws its noise), and every coupling whose net is an
+    `~flowlib.nets.MLP` reports, for its :math:`k`-th ReLU, the fraction of units :math:`j` with
+    :math:`h_{kj}(x_b) = 0` for all :math:`b`. The list averages them over the couplings. The model is
+    evaluated in eval mode and left in the mode it was in.
+
+    >>> from flowlib.models import nice
+    >>> model = nice(4, num_couplings=1, hidden=8, num_hidden_layers=2)
+    >>> with torch.no_grad():
+    ...     _ = model.flow[0].net[2].bias.fill_(-100.0)  # the second hidden layer: off for every input
+    >>> dead_unit_fractions(model, torch.rand(100, 4))[1]
+    1.0
+    """
+    from ..coupling import Coupling
+    from ..nets import MLP
+
+    per_net: list[list[float]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        h = x.to(next(model.parameters()).device)
+        for layer in model.flow:
+            if isinstance(layer, Coupling) and isinstance(layer.net, MLP):
+                a, _ = layer.split(h)
+                fractions = []
+                for module in layer.net:
+                    a = module(a)
+                    if isinstance(module, nn.ReLU):
+                        fractions.append((a <= 0).all(0).float().mean().item())
+                per_net.append(fractions)
+            h, _ = layer(h)
+    finally:
+        model.train(was_training)
+    if not per_net:
+        raise ValueError("dead_unit_fractions needs a model with coupling layers whose nets are MLPs, found none")
+    return [sum(fractions[k] for fractions in per_net) / len(per_net) for k in range(len(per_net[0]))]
 
 
 def latent_moments(z: Tensor) -> dict[str, Tensor]:

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, help="L2 penalty added to each gradient (Adam's weight_decay)")
     p.add_argument("--dropout", type=float,
                    help="nice only: dropout rate of the coupling nets' hidden units in training (default 0)")
+    p.add_argument("--hidden-bias", choices=["zero", "pytorch"],
+                   help="nice only: its coupling nets' hidden biases start at zero (NICE's presets, as its released "
+                        "code) or at PyTorch's default, uniform in +-1/sqrt(inputs)")
     p.add_argument("--optimizer", choices=["adam", "rmsprop_momentum"],
                    help="Adam (the presets), or RMSProp with momentum as NICE's released code trains")
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"],
@@ -83,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
                   out_dir=args.out, eval_samples=args.eval_samples, compile=args.compile or None,
                   average_epochs=args.average_epochs)
     try:
-        if args.dropout is not None:
+        net_kwargs = {k: v for k, v in (("dropout", args.dropout), ("zero_hidden_bias", args.hidden_bias)) if v is not None}
+        if net_kwargs:
             if args.model != "nice":
-                raise ValueError(f"--dropout is for nice (its coupling MLPs), got model {args.model!r}")
+                flags = " and ".join(f"--{k.replace('zero_', '').replace('_', '-')}" for k in net_kwargs)
+                raise ValueError(f"{flags} is for nice (its coupling MLPs), got model {args.model!r}")
+            if "zero_hidden_bias" in net_kwargs:
+                net_kwargs["zero_hidden_bias"] = args.hidden_bias == "zero"
             preset_kwargs = make_config(args.model, args.preset, args.dataset).model_kwargs
-            fields["model_kwargs"] = {**preset_kwargs, "dropout": args.dropout}
+            fields["model_kwargs"] = {**preset_kwargs, **net_kwargs}
         overrides = {k: v for k, v in fields.items() if v is not None}
         if args.average_epochs == 0:
             overrides["average_epochs"] = None  # 0 turns the preset's average off

@@ -10,10 +10,13 @@ Adam's betas are today's decay rates. The NICE paper (Dinh et al. 2015,
 section 5.1) gives "momentum 0.9, β2 = 0.01, ε = 1e-4" in the notation of
 the first arXiv versions of Adam, where β is one minus the decay rate (those
 versions' defaults were β1 = 0.1, β2 = 0.001, today's 0.9 and 0.999): in
-`torch.optim.Adam` it is ``betas=(0.9, 0.99), eps=1e-4``.
+`torch.optim.Adam` it is ``betas=(0.9, 0.99)``. Its ε is for a loss in nats
+per example; the trainer's loss is in bits per dimension, :math:`1/(784 \\ln 2)`
+of it, and Adam's steps stay the same only if ε shrinks by that factor too,
+so the ``paper`` preset's ``eps`` is :math:`10^{-4}/(784 \\ln 2) \\approx 1.84 \\cdot 10^{-7}`.
 
->>> make_config("nice", "paper").betas
-(0.9, 0.99)
+>>> make_config("nice", "paper").betas, f"{make_config('nice', 'paper').eps:.3g}"
+((0.9, 0.99), '1.84e-07')
 >>> Path(make_config("nice", "cpu", lr=3e-3, seed=1).out_dir).name
 'nice-mnist-cpu-lr0.003-seed1'
 """
@@ -287,8 +290,9 @@ def _name_suffix(base: TrainConfig, config: TrainConfig) -> str:
         if isinstance(value, bool) or value is None:
             parts.append(short if value else f"no{short}")  # compile off, or a preset's average turned off
             continue
-        if isinstance(value, dict):
-            value = "-".join(f"{k}{v}" for k, v in sorted(value.items()))
+        if isinstance(value, dict):  # the model's keyword arguments: those that differ from the preset's
+            preset_value = getattr(base, name)
+            value = "-".join(f"{k}{v}" for k, v in sorted(value.items()) if k not in preset_value or preset_value[k] != v)
         elif isinstance(value, tuple):
             value = ",".join(f"{v:g}" for v in value)
         parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
