@@ -9,21 +9,19 @@ preset, fp32 for 4 epochs at lr 1e-3; ``results/realnvp-mnist-cpu-constant.json`
 learning rate; ``results/realnvp-mnist-cpu-bf16-e7.json``: in bf16 for 7 epochs at lr 1e-3;
 ``results/glow-mnist-cpu-fp32.json``: the earlier Glow preset, fp32 for 10 epochs, eager;
 ``results/glow-mnist-cpu-lr1e-3.json``: the Glow preset at its earlier lr 1e-3;
-``results/nice-mnist-cpu-wd0-noavg.json``, ``-wd0-seed1-noavg.json`` and ``-wd0-seed2-noavg.json``: the NICE
-preset before weight decay and the weights' average went into it, ``--weight-decay 0 --average-epochs 0``;
-``results/nice-mnist-cpu-earlier.json``: an earlier run of that and seed 0, made in another session with an
-earlier version of flowlib; ``results/nice-mnist-cpu-wd1e-05.json`` and ``-wd2e-05.json``: weight decay 1e-5
-and 2e-5 without the average, and ``-wd2e-05-seed1.json`` and ``-seed2.json``, 2e-5 with ``--seed 1`` and ``2``;
-``nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json``: the NICE preset with the cosine schedule ending at 2e-4,
-``--min-lr 2e-4``; ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the Glow preset with the weights'
+``results/nice-mnist-cpu-zero_hidden_biasFalse.json``, ``-seed1.json`` and ``-seed2.json``: the NICE preset
+with PyTorch's default hidden biases, ``--hidden-bias pytorch``, as it was before they started at zero;
+``results/nice-mnist-cpu-wd0-noavg.json`` and ``-wd2e-05.json``: with those biases, the NICE preset before weight
+decay and the weights' average went into it, and with the decay alone; ``glow-mnist-cpu-avg1.json`` and ``-seed1-avg1.json``: the Glow preset with the weights'
 Polyak average over one epoch scored, ``--average-epochs 1``; ``glow-mnist-cpu-warmup1.json`` and
 ``-warmup1-seed1.json``: the Glow preset with its learning rate warmed up linearly over the first epoch,
 ``--warmup-epochs 1``) are drawn dashed beside the preset's runs.
 
 With ``--samples``, a second row shows 64 samples at temperature 0.7 (:math:`x = f^{-1}(0.7 z)`,
 :math:`z \\sim p_Z`) from each model's seed-0 run, read from its run folder (``best.pt`` in the ``out_dir`` its
-results file names, on this machine only), so that the numbers are seen beside what the model draws. A model
-whose run folder is missing, or whose ``best.pt`` is another run's, is left blank and named.
+results file names, or else in the preset's ``runs/<model>-mnist-cpu``, on this machine only), so that the numbers
+are seen beside what the model draws. A model whose run folder is missing, or whose ``best.pt`` is another run's,
+is left blank and named.
 
     .venv/bin/python benchmarks/cpu_presets_curve.py             # writes benchmarks/results/cpu_presets.png
     .venv/bin/python benchmarks/cpu_presets_curve.py --samples   # ... with T = 0.7 samples under each curve
@@ -45,17 +43,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"NICE": "nice", "RealNVP": "realnvp", "Glow": "glow"}
-COMPARED = {"NICE": {"neither weight decay nor the\naverage (the preset before)":
+COMPARED = {"NICE": {"PyTorch's default hidden biases\n(the preset before)":
+                         ROOT / "results" / "nice-mnist-cpu-zero_hidden_biasFalse.json",
+                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-zero_hidden_biasFalse-seed1.json",
+                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-zero_hidden_biasFalse-seed2.json",
+                     "PyTorch's biases, neither weight\ndecay nor the average":
                          ROOT / "results" / "nice-mnist-cpu-wd0-noavg.json",
-                     "the same, seed 1": ROOT / "results" / "nice-mnist-cpu-wd0-seed1-noavg.json",
-                     "the same, seed 2": ROOT / "results" / "nice-mnist-cpu-wd0-seed2-noavg.json",
-                     "an earlier run of that, seed 0": ROOT / "results" / "nice-mnist-cpu-earlier.json",
-                     "weight decay 1e-5, no average": ROOT / "results" / "nice-mnist-cpu-wd1e-05.json",
-                     "weight decay 2e-5 alone": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json",
-                     "weight decay 2e-5 alone, seed 1": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed1.json",
-                     "weight decay 2e-5 alone, seed 2": ROOT / "results" / "nice-mnist-cpu-wd2e-05-seed2.json",
-                     "the preset, the cosine\nending at 2e-4":
-                         ROOT / "results" / "nice-mnist-cpu-wd2e-05-minlr0.0002-avg1.json"},
+                     "PyTorch's biases, weight decay\n2e-5 alone": ROOT / "results" / "nice-mnist-cpu-wd2e-05.json"},
             "RealNVP": {"earlier preset: fp32,\n4 epochs, lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-fp32.json",
                         "fp32, 4 epochs,\nconstant lr 1e-3": ROOT / "results" / "realnvp-mnist-cpu-constant.json",
                         "bf16, 7 epochs, lr 1e-3\n(epochs 1-2 slowed by other work)":
@@ -166,6 +160,8 @@ def draw_samples(ax, run: dict) -> None:
 
     ax.axis("off")
     best = ROOT / run["out_dir"] / "best.pt"
+    if not best.exists():  # a folder renamed after its run (results.json keeps the name it trained under)
+        best = ROOT / "runs" / f"{run['config']['model']}-mnist-cpu" / "best.pt"
     try:
         ckpt = load_checkpoint(best)
     except CheckpointError as e:

@@ -96,17 +96,19 @@ Steps needed, from the committed CPU curves (``results/*.json``) and whether
 each goal fits 6 minutes:
 
 * NICE <= 4.36 bits/dim (the NICE paper's 1980.5 nats on MNIST in bits/dim):
-  an epoch is 250 steps. The cpu run without weight decay and the weights'
-  average (same model and Adam, cosine schedule,
-  ``results/nice-mnist-cpu-wd0-noavg.json``) went 4.86 bits/dim on validation after
-  2,000 steps, 4.65 after 4,500, its best 4.5742 after 9,500 (epoch 38), then
-  rose while the training loss fell to 4.31: the gap is overfitting, not
-  compute. At ~1 ms a step, 9,500 steps take ~10 s (+ ~20 s compiling), so
-  the CPU run's minimum fits easily, but on this evidence **the goal is not
-  reached at any budget** by this preset: expect about 4.57 (the cpu
-  preset's weight decay 2e-5 and average reach 4.510 +- 0.040 over three
-  seeds, ``results/nice-mnist-cpu{,-seed1,-seed2}.json``, still far from it). Planned: 100
-  epochs (25,000 steps, under a minute).
+  an epoch is 250 steps. With PyTorch's default hidden biases the cpu runs
+  overfit far above it: without weight decay and the weights' average (same
+  model and Adam, cosine schedule, ``results/nice-mnist-cpu-wd0-noavg.json``)
+  4.86 bits/dim on validation after 2,000 steps, 4.65 after 4,500, its best
+  4.5742 after 9,500 (epoch 38), then rising while the training loss fell to
+  4.31. With the hidden biases at zero, as the paper preset now starts them
+  (most of the fifth hidden layer's units were dead otherwise: docs/results.md),
+  the cpu preset (with weight decay, the average and a cosine) was at 4.357 on
+  validation after 6,750 steps (epoch 27) and reached 4.290 test bits/dim in
+  16,250 (``results/nice-mnist-cpu.json``). The paper preset (a constant
+  rate, the paper's eps, neither decay nor average) has no CPU curve; at ~1 ms
+  a step, 10,000 steps take ~10 s (+ ~20 s compiling), so compute is not the
+  limit. Planned: 100 epochs (25,000 steps, under a minute).
 * RealNVP <= 1.06 bits/dim (the MNIST figure quoted for RealNVP in later
   papers): an epoch is 781 steps. The only committed curve is the cpu
   preset's model, ~15x cheaper (32 channels, 2 blocks): 2.09, 1.64, 1.56,
