@@ -88,6 +88,7 @@ def measure_run(folder: str, probe_size: int) -> dict:
     model = build_model(config)
     model.load_state_dict(best["model"])
     probe = load_dataset(config)["valid"][:probe_size]
+    torch.manual_seed(0)  # the dequantization noise of the probe digits
     return {"run": folder, "epoch": best.get("epoch"), "valid_bpd": best.get("valid_bpd"),
             "dead": dead_unit_fractions(model, probe)}
 
