@@ -41,15 +41,20 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Same model and optimizer, about 30 minutes on 2 cores: bf16 nets where the CPU has them (687 against 337
     # samples/s in fp32 over a whole fit with its validation passes, 0.002 bits/dim apart after 1,250 steps:
     # benchmarks/results/precision_check.md),
-    # 65 epochs with the learning rate on a cosine to 0, weight decay 2e-5, and the weights' Polyak average over
-    # one epoch scored and kept (`flowlib.training.averaging`). On the AMD EPYC: 4.514, 4.548 and 4.469 test
-    # bits/dim for seeds 0, 1 and 2 (4.510 +- 0.040) in 33.0, 29.2 and 33.4 min (results/nice-mnist-cpu{,-seed1,
-    # -seed2}.json). Without the decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581 and 4.526
-    # (4.557 +- 0.028; results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json): it overfits, validation rising after
-    # epoch 38 or 39 on every seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481 (4.524 +- 0.041;
-    # results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better on every seed.
-    # The cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; an average over two epochs
-    # (--average-epochs 2) 4.514 on seed 0, the same; weight decay 5e-5 and dropout 0.2 much worse (docs/results.md).
+    # 65 epochs with the learning rate on a cosine to 0, weight decay 2e-5, the weights' Polyak average over
+    # one epoch scored and kept (`flowlib.training.averaging`), and the coupling nets' hidden biases starting at
+    # zero (`flowlib.nets.MLP`; as NICE's released code). On the AMD EPYC: 4.290 test bits/dim for seed 0 in 33.2 min
+    # (results/nice-mnist-cpu.json).
+    # With PyTorch's default biases (--hidden-bias pytorch), most units of the nets' fifth hidden layer end dead
+    # (benchmarks/results/dead_units*.md) and the same preset reached 4.514, 4.548 and 4.469 (4.510 +- 0.040) in
+    # 33.0, 29.2 and 33.4 min (results/nice-mnist-cpu-zero_hidden_biasFalse{,-seed1,-seed2}.json). With those
+    # biases, tuned first: without the decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581
+    # and 4.526 (4.557 +- 0.028; results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json), overfitting, validation
+    # rising after epoch 38 or 39 on every seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481
+    # (4.524 +- 0.041; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better
+    # on every seed. The cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; an average over two epochs
+    # (--average-epochs 2) 4.514 on seed 0, the same; weight decay 5e-5, dropout 0.2 and lr 2e-3 much worse
+    # (docs/results.md).
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", weight_decay=2e-5, average_epochs=1.0,
                           model_kwargs=dict(zero_hidden_bias=True), **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
@@ -68,7 +73,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # 1.538 test bits/dim (results/realnvp-mnist-cpu-fp32.json); bf16 at lr 1e-3 for 7 epochs 1.464
     # (results/realnvp-mnist-cpu-bf16-e7.json). This preset on the AMD EPYC: 1.397, 1.403 and 1.372 for seeds 0, 1
     # and 2 (1.391 +- 0.016) in 38.0, 30.8 and 33.8 min (results/realnvp-mnist-cpu{,-seed1,-seed2}.json; its
-    # epochs took 245-369 s, slower where other work shared the cores).
+    # epochs took 245-482 s, slower where other work shared the cores).
     ("realnvp", "cpu"): dict(epochs=7, batch_size=64, lr=2e-3, weight_decay=5e-5, clip_grad=100.0,
                              schedule="cosine",
                              model_kwargs=dict(hidden_channels=32, num_blocks=2), eval_batch_size=500),
@@ -89,7 +94,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # 37.3 min, its validation flat over its last 4 epochs (results/glow-mnist-cpu-lr1e-3.json). This preset on
     # the AMD EPYC: 1.363, 1.330 and 1.366 for seeds 0, 1 and 2 (1.353 +- 0.020, at the 1.35 the budget is meant
     # to reach within the seeds' spread) in 27.9, 27.9 and 34.0 min (results/glow-mnist-cpu{,-seed1,-seed2}.json;
-    # seed 0's run repeated its first, 27.7 min, float for float). The weights' average (--average-epochs 1) gained
+    # seed 0's run repeated its first float for float). The weights' average (--average-epochs 1) gained
     # 0.004 and 0.0005 on seeds 0 and 1 for more time (results/glow-mnist-cpu{,-seed1}-avg1.json; docs/speed.md), so
     # it is not used here. A linear warm-up over the first epoch (--warmup-epochs 1) gave 1.352 on seed 0 and 1.361 on
     # seed 1 (results/glow-mnist-cpu-warmup1{,-seed1}.json): not used either.
