@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "RESULTS", "ADAM_IMPLS", "adam_kwargs", "make_step", "describe_adam", "base_parser", "setup_threads", "matmul_peak", "interleaved", "summarize",
     "format_table", "write_results", "machine_info", "load_mnist_images", "QUARTERS", "preset_step",
-    "train_and_score",
+    "train_and_score", "with_preset_model_kwargs",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -270,3 +270,19 @@ def train_and_score(config, steps: int, train: torch.Tensor, valid: torch.Tensor
     return {"steps": steps, "batch_size": config.batch_size, "schedule": config.schedule,
             "valid_steps": [s for s, _ in curve], "valid_bpd_fp32": [v for _, v in curve],
             "valid_bpd_own_precision": own, "seconds": time.perf_counter() - start}
+
+
+def with_preset_model_kwargs(model: str, preset: str, overrides: dict) -> dict:
+    """``overrides`` of `TrainConfig` fields, with ``model_kwargs`` merged into the preset's instead of replacing them.
+
+    A candidate that sets one model argument (NICE's ``dropout``) keeps the preset's others (its
+    ``zero_hidden_bias``); `make_config` itself replaces the whole dict.
+
+    >>> with_preset_model_kwargs("nice", "cpu", {"model_kwargs": {"dropout": 0.2}, "lr": 0.002})["model_kwargs"]
+    {'zero_hidden_bias': True, 'dropout': 0.2}
+    """
+    from flowlib.training.config import make_config
+
+    if "model_kwargs" not in overrides:
+        return dict(overrides)
+    return {**overrides, "model_kwargs": {**make_config(model, preset).model_kwargs, **overrides["model_kwargs"]}}

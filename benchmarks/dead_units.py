@@ -9,7 +9,8 @@ digits, averaged over the four nets (`flowlib.book.diagnostics.dead_unit_fractio
   ``benchmarks/preset_candidates.py`` takes them) train from the same start for ``--steps`` steps the way the
   trainer does (its epoch orders, Adam, its cosine over the preset's whole run, bf16 nets where the CPU has
   them); every ``--every`` steps the mean training loss since the last report and the dead fractions are
-  recorded, and at the end the validation bits/dim on the first 2000 validation digits.
+  recorded, and at the end the validation bits/dim on the first 2000 validation digits. (A report draws the
+  probe digits' dequantization noise from the global generator, so the trajectory depends on ``--every``.)
 * ``--runs FOLDER ...`` measures trained runs' ``best.pt`` instead (no training).
 
     .venv/bin/python benchmarks/dead_units.py --candidate preset={} \\
@@ -41,9 +42,7 @@ from flowlib.training.precision import resolve_precision  # noqa: E402
 
 
 def train_candidate(name: str, overrides: dict, preset: str, steps: int, every: int, probe_size: int) -> dict:
-    if "model_kwargs" in overrides:  # the preset's model arguments, with the candidate's changes
-        overrides = {**overrides, "model_kwargs": {**make_config("nice", preset).model_kwargs, **overrides["model_kwargs"]}}
-    config = make_config("nice", preset, **overrides)
+    config = make_config("nice", preset, **common.with_preset_model_kwargs("nice", preset, overrides))
     splits = load_dataset(config)
     train, valid = splits["train"], splits["valid"]
     probe, scored = valid[:probe_size], valid[:2000]

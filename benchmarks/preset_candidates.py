@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     common.setup_threads(args.threads)
     preset = "quick" if args.quick else "cpu"
     candidates = dict(parse_candidate(text) for text in args.candidate)
+    candidates = {name: common.with_preset_model_kwargs(args.model, preset, overrides)
+                  for name, overrides in candidates.items()}
     configs = {name: make_config(args.model, preset, **overrides) for name, overrides in candidates.items()}
     if args.quick:
         args.minutes, args.seeds, args.valid, args.repeats = 0.05, 1, 64, 2

@@ -83,7 +83,9 @@ def nice(
     With ``dequantize=True`` the model takes 8-bit data and scales it to [0, 1)
     with uniform noise (the paper's preprocessing), counting that log-det.
     ``dropout`` is the coupling nets' dropout rate in training (`flowlib.nets.MLP`;
-    the paper has none).
+    the paper has none). ``zero_hidden_bias=True`` starts the nets' hidden biases at
+    zero, as NICE's released code does and the trainer's NICE presets do, instead of
+    PyTorch's default (`flowlib.nets.MLP` says why it matters for these deep nets).
 
     >>> model = nice(784)
     >>> sum(p.numel() for p in model.parameters())

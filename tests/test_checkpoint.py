@@ -250,6 +250,11 @@ def test_trainer_hidden_bias_reaches_nices_nets_and_the_run_folder_name(configs_
     capsys.readouterr()
     assert cli.main(["realnvp", "--preset", "cpu", "--hidden-bias", "zero"]) == 2
     assert "--hidden-bias is for nice (its coupling MLPs), got model 'realnvp'" in _one_line_error(capsys)
+    assert cli.main(["nice", "--dataset", "moons", "--hidden-bias", "zero", "--dropout", "0.1"]) == 2
+    assert "--dropout and --hidden-bias are for NICE on MNIST" in _one_line_error(capsys)
+    # a config that drops a preset's model argument says so in its folder name (PyTorch's biases, with dropout)
+    assert Cfg.make_config("nice", "cpu", model_kwargs={"dropout": 0.2}).out_dir.endswith(
+        "nice-mnist-cpu-dropout0.2-nozero_hidden_bias")
 
 
 def test_trainer_min_lr_reaches_the_config_and_the_run_folder_name(configs_given_to_train: list,

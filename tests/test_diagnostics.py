@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from flowlib.book.diagnostics import auroc, encode, latent_moments, prior_quantile, qq_points, tempered_log_prob
+from flowlib.book.diagnostics import (auroc, dead_unit_fractions, encode, latent_moments, prior_quantile, qq_points,
+                                      tempered_log_prob)
 from flowlib.distributions import Prior, StandardLogistic, StandardNormal
 from flowlib.flow_model import FlowModel
 from flowlib.models import toy_model
@@ -163,3 +164,25 @@ def test_auroc_of_two_normals_is_phi_of_d_over_root_two() -> None:
 def test_auroc_needs_scores() -> None:
     with pytest.raises(ValueError, match="at least one score"):
         auroc(torch.zeros(0), torch.ones(3))
+
+
+def test_dead_unit_fractions_counts_units_off_for_every_input_and_leaves_the_modes_alone():
+    from flowlib.flow import Sequential
+    from flowlib.models import nice
+
+    torch.manual_seed(0)
+    model = nice(4, num_couplings=2, hidden=8, num_hidden_layers=2)
+    with torch.no_grad():  # every first-layer unit on; second layer: 3 of 8 units off in the first net, none in the second
+        for coupling in model.flow[:2]:
+            for linear in (coupling.net[0], coupling.net[2]):
+                linear.weight.zero_()
+                linear.bias.fill_(1.0)
+        model.flow[0].net[2].bias[:3] = -1.0
+    model.train()
+    model.flow[1].eval()  # mixed modes come back as they were
+    assert dead_unit_fractions(model, torch.rand(50, 4)) == [0.0, pytest.approx((3 / 8 + 0) / 2)]
+    assert model.training and model.flow[0].training and not model.flow[1].training
+    with pytest.raises(ValueError, match="needs a flow model"):
+        dead_unit_fractions(torch.nn.Linear(2, 2), torch.rand(3, 2))
+    with pytest.raises(ValueError, match="whose nets are MLPs, found none"):
+        dead_unit_fractions(FlowModel(Sequential(DiagonalScaling(2)), "normal", (2,)), torch.rand(3, 2))

@@ -89,8 +89,8 @@ def dead_unit_fractions(model: nn.Module, x: Tensor) -> list[float]:
     ``model`` is a flow model whose ``flow`` is a sequence of layers; ``x`` passes through them in order (a
     `~flowlib.dequantization.Dequantize` draws its noise), and every coupling whose net is an
     `~flowlib.nets.MLP` reports, for its :math:`k`-th ReLU, the fraction of units :math:`j` with
-    :math:`h_{kj}(x_b) = 0` for all :math:`b`. The list averages them over the couplings. The model is
-    evaluated in eval mode and left in the mode it was in.
+    :math:`h_{kj}(x_b) = 0` for all :math:`b`. The list averages them over the couplings (nets of one depth).
+    The model is evaluated in eval mode and every module is left in the mode it was in.
 
     >>> from flowlib.models import nice
     >>> model = nice(4, num_couplings=1, hidden=8, num_hidden_layers=2)
@@ -102,12 +102,15 @@ def dead_unit_fractions(model: nn.Module, x: Tensor) -> list[float]:
     from ..coupling import Coupling
     from ..nets import MLP
 
+    flow = getattr(model, "flow", None)
+    if flow is None:
+        raise ValueError(f"dead_unit_fractions needs a flow model (with a .flow of layers), got {type(model).__name__}")
     per_net: list[list[float]] = []
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         h = x.to(next(model.parameters()).device)
-        for layer in model.flow:
+        for layer in flow:
             if isinstance(layer, Coupling) and isinstance(layer.net, MLP):
                 a, _ = layer.split(h)
                 fractions = []
@@ -118,9 +121,13 @@ def dead_unit_fractions(model: nn.Module, x: Tensor) -> list[float]:
                 per_net.append(fractions)
             h, _ = layer(h)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.train(training)
     if not per_net:
         raise ValueError("dead_unit_fractions needs a model with coupling layers whose nets are MLPs, found none")
+    if len({len(fractions) for fractions in per_net}) > 1:
+        raise ValueError(f"dead_unit_fractions averages over nets of one depth, got depths "
+                         f"{sorted({len(fractions) for fractions in per_net})}")
     return [sum(fractions[k] for fractions in per_net) / len(per_net) for k in range(len(per_net[0]))]
 
 

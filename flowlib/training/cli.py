@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         net_kwargs = {k: v for k, v in (("dropout", args.dropout), ("zero_hidden_bias", args.hidden_bias)) if v is not None}
         if net_kwargs:
+            flags = " and ".join(f"--{k.replace('zero_', '').replace('_', '-')}" for k in net_kwargs)
+            verb = "are" if len(net_kwargs) > 1 else "is"
             if args.model != "nice":
-                flags = " and ".join(f"--{k.replace('zero_', '').replace('_', '-')}" for k in net_kwargs)
-                raise ValueError(f"{flags} is for nice (its coupling MLPs), got model {args.model!r}")
+                raise ValueError(f"{flags} {verb} for nice (its coupling MLPs), got model {args.model!r}")
+            if args.dataset != "mnist":
+                raise ValueError(f"{flags} {verb} for NICE on MNIST (its 5 x 1000 coupling MLPs), "
+                                 f"got dataset {args.dataset!r}")
             if "zero_hidden_bias" in net_kwargs:
                 net_kwargs["zero_hidden_bias"] = args.hidden_bias == "zero"
             preset_kwargs = make_config(args.model, args.preset, args.dataset).model_kwargs

@@ -290,9 +290,11 @@ def _name_suffix(base: TrainConfig, config: TrainConfig) -> str:
         if isinstance(value, bool) or value is None:
             parts.append(short if value else f"no{short}")  # compile off, or a preset's average turned off
             continue
-        if isinstance(value, dict):  # the model's keyword arguments: those that differ from the preset's
+        if isinstance(value, dict):  # the model's keyword arguments that differ from the preset's, and those dropped
             preset_value = getattr(base, name)
-            value = "-".join(f"{k}{v}" for k, v in sorted(value.items()) if k not in preset_value or preset_value[k] != v)
+            changed = [f"{k}{v}" for k, v in sorted(value.items()) if k not in preset_value or preset_value[k] != v]
+            parts += changed + [f"no{k}" for k in sorted(preset_value) if k not in value]
+            continue
         elif isinstance(value, tuple):
             value = ",".join(f"{v:g}" for v in value)
         parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")

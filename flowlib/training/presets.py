@@ -45,8 +45,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # one epoch scored and kept (`flowlib.training.averaging`), and the coupling nets' hidden biases starting at
     # zero (`flowlib.nets.MLP`; as NICE's released code). On the AMD EPYC: 4.290 test bits/dim for seed 0 in 33.2 min
     # (results/nice-mnist-cpu.json).
-    # With PyTorch's default biases (--hidden-bias pytorch), most units of the nets' fifth hidden layer end dead
-    # (benchmarks/results/dead_units*.md) and the same preset reached 4.514, 4.548 and 4.469 (4.510 +- 0.040) in
+    # With PyTorch's default biases (--hidden-bias pytorch), 95-96% of the units of the nets' fifth hidden layer
+    # ended dead, against 88% with zero biases (benchmarks/results/dead_units*.md), and the same preset reached 4.514, 4.548 and 4.469 (4.510 +- 0.040) in
     # 33.0, 29.2 and 33.4 min (results/nice-mnist-cpu-zero_hidden_biasFalse{,-seed1,-seed2}.json). With those
     # biases, tuned first: without the decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581
     # and 4.526 (4.557 +- 0.028; results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json), overfitting, validation
