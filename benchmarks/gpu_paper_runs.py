@@ -103,7 +103,7 @@ each goal fits 6 minutes:
   4.5742 after 9,500 (epoch 38), then rising while the training loss fell to
   4.31. With the hidden biases at zero, as the paper preset now starts them
   (with PyTorch's biases 95-96% of the fifth hidden layer's units ended dead,
-  against 88% with zero biases: docs/results.md),
+  against 87-88% with zero biases: docs/results.md),
   the cpu preset (with weight decay, the average and a cosine) was at 4.357 on
   validation after 6,750 steps (epoch 27) and reached 4.290 test bits/dim in
   16,250 (``results/nice-mnist-cpu.json``). The paper preset (a constant

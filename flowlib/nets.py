@@ -71,7 +71,7 @@ class MLP(nn.Sequential):
     start dead with the default biases (off for every one of 1000 validation
     digits; 4% with zero biases), 96% after 100 steps of NICE's cpu preset
     (73%), and 86% after 500 (30%); the trained runs of that preset end with
-    95 to 96% of the fifth layer dead (88% with zero biases) and 4.51 test
+    95 to 96% of the fifth layer dead (87 to 88% with zero biases) and 4.51 test
     bits/dim against 4.29 (``benchmarks/results/dead_units*.md``, ``docs/results.md``).
     A dead unit gets no gradient; only a change in the layers below it can turn
     it on again.

@@ -43,18 +43,18 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # benchmarks/results/precision_check.md),
     # 65 epochs with the learning rate on a cosine to 0, weight decay 2e-5, the weights' Polyak average over
     # one epoch scored and kept (`flowlib.training.averaging`), and the coupling nets' hidden biases starting at
-    # zero (`flowlib.nets.MLP`; as NICE's released code). On the AMD EPYC: 4.290 test bits/dim for seed 0 in 33.2 min
-    # (results/nice-mnist-cpu.json).
-    # With PyTorch's default biases (--hidden-bias pytorch), 95-96% of the units of the nets' fifth hidden layer
-    # ended dead, against 88% with zero biases (benchmarks/results/dead_units*.md), and the same preset reached 4.514, 4.548 and 4.469 (4.510 +- 0.040) in
-    # 33.0, 29.2 and 33.4 min (results/nice-mnist-cpu-zero_hidden_biasFalse{,-seed1,-seed2}.json). With those
-    # biases, tuned first: without the decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581
-    # and 4.526 (4.557 +- 0.028; results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json), overfitting, validation
-    # rising after epoch 38 or 39 on every seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481
-    # (4.524 +- 0.041; results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better
-    # on every seed. The cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; an average over two epochs
-    # (--average-epochs 2) 4.514 on seed 0, the same; weight decay 5e-5, dropout 0.2 and lr 2e-3 much worse
-    # (docs/results.md).
+    # zero (`flowlib.nets.MLP`; as NICE's released code). On the AMD EPYC: 4.290 and 4.270 test bits/dim for seeds 0
+    # and 1 (4.280 +- 0.014) in 33.2 and 35.2 min (results/nice-mnist-cpu{,-seed1}.json).
+    # With PyTorch's default biases (--hidden-bias pytorch), 95-96% of the units of the nets' fifth hidden layer ended
+    # dead, against 87-88% with zero biases (benchmarks/results/dead_units*.md), and the same preset reached 4.514, 4.548
+    # and 4.469 (4.510 +- 0.040) in 33.0, 29.2 and 33.4 min
+    # (results/nice-mnist-cpu-zero_hidden_biasFalse{,-seed1,-seed2}.json). With those biases, tuned first: without the
+    # decay and the average (--weight-decay 0 --average-epochs 0) 4.564, 4.581 and 4.526 (4.557 +- 0.028;
+    # results/nice-mnist-cpu-wd0{,-seed1,-seed2}-noavg.json), overfitting, validation rising after epoch 38 or 39 on every
+    # seed; the decay alone (--average-epochs 0) 4.528, 4.563 and 4.481 (4.524 +- 0.041;
+    # results/nice-mnist-cpu-wd2e-05{,-seed1,-seed2}.json); the decay and the average each better on every seed. The
+    # cosine ending at 2e-4 (--min-lr) gave 4.521 on seed 0, worse; an average over two epochs (--average-epochs 2) 4.514
+    # on seed 0, the same; weight decay 5e-5, dropout 0.2 and lr 2e-3 much worse (docs/results.md).
     ("nice", "cpu"): dict(epochs=65, batch_size=200, schedule="cosine", weight_decay=2e-5, average_epochs=1.0,
                           model_kwargs=dict(zero_hidden_bias=True), **_NICE_ADAM),
     ("nice", "quick"): dict(epochs=2, batch_size=100, model_kwargs=dict(hidden=64, num_hidden_layers=2),
