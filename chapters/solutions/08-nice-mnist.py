@@ -10,8 +10,8 @@ cell of it.
 nats = result.test_bpd * D * math.log(2)                 # -log P(x), nats per digit
 paper_units = D * math.log(256) - nats                   # log p(y) of the [0, 1]-scaled digits
 print(f"preset '{preset}': {result.test_bpd:.4f} bits/dim = {nats:.2f} nats per digit (the run reports {result.test_nats:.2f})")
-print(f"in the paper's units: {paper_units:.2f} nats; against the paper's 1980.50: {paper_units - 1980.50:+.2f} nats "
-      f"= {unit_interval_nats_to_bits_per_dim(1980.50, D) - result.test_bpd:+.4f} bits/dim (+: better than the paper)")
+print(f"in the paper's units: {paper_units:.2f} nats; the paper's 1980.50 is ahead by {1980.50 - paper_units:.2f} nats "
+      f"= {result.test_bpd - unit_interval_nats_to_bits_per_dim(1980.50, D):.4f} bits/dim")
 assert math.isclose(nats, result.test_nats, rel_tol=1e-6)
 assert math.isclose(unit_interval_nats_to_bits_per_dim(paper_units, D), result.test_bpd, rel_tol=1e-9)
 
