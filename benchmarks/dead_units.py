@@ -1,7 +1,7 @@
 """How many of NICE's hidden units are dead? Over the first steps of the cpu preset, and in trained runs.
 
 A ReLU unit is *dead* on a set of digits when its pre-activation is negative for every one of them: it adds
-nothing to its coupling's output and, getting no gradient from them, does not come back. For each hidden layer
+nothing to its coupling's output and gets no gradient from them; only a change in the layers below can turn it on. For each hidden layer
 of the four coupling nets this script reports the fraction of units dead on the first ``--probe`` validation
 digits, averaged over the four nets (`flowlib.book.diagnostics.dead_unit_fractions`).
 
@@ -34,6 +34,7 @@ import common  # noqa: E402
 
 from flowlib.book.diagnostics import dead_unit_fractions  # noqa: E402
 from flowlib.flow import initialize_from_data, value_checks  # noqa: E402
+from flowlib.training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from flowlib.training.config import build_model, load_dataset, make_config  # noqa: E402
 from flowlib.training.evaluate import evaluate  # noqa: E402
 from flowlib.training.fit import learning_rate, loss_scale, make_optimizer, train_step  # noqa: E402
@@ -54,7 +55,7 @@ def train_candidate(name: str, overrides: dict, preset: str, steps: int, every: 
     optimizer = make_optimizer(model, config.lr, config.betas, config.eps, config.weight_decay, config.optimizer,
                                loss_factor=loss_scale(model, "bpd"))
     reports = [{"step": 0, "train_bpd": None, "dead": None}]
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # read back only at a report: no host sync per step
     start = time.perf_counter()
     model.train()
     for step in range(steps):
@@ -68,10 +69,9 @@ def train_candidate(name: str, overrides: dict, preset: str, steps: int, every: 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config.schedule, config.lr, step, total, config.min_lr)
         with value_checks(step == 0):
-            losses.append(train_step(model, optimizer, x, clip_grad=config.clip_grad, precision=precision).item())
+            losses.append(train_step(model, optimizer, x, clip_grad=config.clip_grad, precision=precision))
         if (step + 1) % every == 0 or step + 1 == steps:
-            recent = losses[-every:]
-            reports.append({"step": step + 1, "train_bpd": sum(recent) / len(recent),
+            reports.append({"step": step + 1, "train_bpd": torch.stack(losses[-every:]).mean().item(),
                             "dead": dead_unit_fractions(model, probe)})
             print(f"{name:>12s} step {step + 1:5d}  train {reports[-1]['train_bpd']:.3f}  dead "
                   + " ".join(f"{f:.3f}" for f in reports[-1]["dead"]), flush=True)
@@ -81,11 +81,9 @@ def train_candidate(name: str, overrides: dict, preset: str, steps: int, every: 
 
 
 def measure_run(folder: str, probe_size: int) -> dict:
-    best = torch.load(Path(folder) / "best.pt", map_location="cpu", weights_only=False)
-    config = make_config("nice", "cpu", **{k: v for k, v in best["config"].items()
-                                          if k in ("model_kwargs",)})
-    model = build_model(config)
-    model.load_state_dict(best["model"])
+    path = Path(folder) / "best.pt"
+    best = load_checkpoint(path)
+    model, config = model_from_checkpoint(best, path)
     probe = load_dataset(config)["valid"][:probe_size]
     torch.manual_seed(0)  # the dequantization noise of the probe digits
     return {"run": folder, "epoch": best.get("epoch"), "valid_bpd": best.get("valid_bpd"),
